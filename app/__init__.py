@@ -1,0 +1,1 @@
+"""The HTTP gateway: authenticate, validate, enqueue, report. Never imports torch or the worker."""

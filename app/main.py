@@ -1,0 +1,114 @@
+"""The gateway application: ``create_app(settings)`` and the `sdserve gateway` entry point."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.middleware import JsonBodyMiddleware, RequestIdMiddleware
+from app.routes import catalog, files, health, images, jobs, problems
+from app.state import GatewayState
+from sdserve import __version__
+from sdserve.keys import Keys
+from sdserve.logs import configure_logging
+from sdserve.queue import JobQueue
+from sdserve.registry import Registry
+from sdserve.settings import Settings
+from sdserve.store import LocalStore
+
+log = logging.getLogger("sdserve.gateway")
+
+DESCRIPTION = """\
+sdserve turns Stable Diffusion into an HTTP API for programs.
+
+`POST` a job (`/v1/txt2img`), get `202 Accepted` with the job and a `Location`, then poll
+`GET /v1/jobs/{id}` until it has `succeeded`: each image comes as a signed, expiring URL with the seed
+that reproduces it. Every error is `application/problem+json` (RFC 9457).
+"""
+
+
+def build_state(settings: Settings) -> GatewayState:
+    """Open the gateway's clients (lazily: nothing connects until the first call)."""
+    timeout = settings.redis_timeout_seconds
+    client = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+    rq_connection = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    keys = Keys(settings.key_prefix)
+    queue = JobQueue(
+        client,
+        keys,
+        rq_connection=rq_connection,
+        job_ttl=settings.job_ttl_seconds,
+        job_timeout=settings.job_timeout_seconds,
+    )
+    return GatewayState(
+        settings=settings,
+        registry=Registry.load(settings.registry_file, settings.default_model),
+        redis=client,
+        rq_connection=rq_connection,
+        queue=queue,
+        store=LocalStore(settings.objects_dir, settings.signing_key()),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway for these settings (read from the environment when None)."""
+    settings = settings or Settings()
+    state = build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("gateway starting", extra={"version": __version__, "redis": settings.redis_url})
+        yield
+        await state.close()
+
+    app = FastAPI(
+        title="sdserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "images", "description": "Create generation jobs."},
+            {"name": "jobs", "description": "Follow jobs and fetch their results."},
+            {"name": "files", "description": "Signed downloads of stored results."},
+            {"name": "catalog", "description": "Models, schedulers and styles a job may name."},
+            {"name": "health", "description": "Liveness and readiness probes."},
+            {"name": "problems", "description": "What each problem type means."},
+        ],
+    )
+    app.state.gateway = state
+    install_error_handlers(app)
+    for module in (images, jobs, files, catalog, health, problems):
+        app.include_router(module.router)
+    app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Entry point of `sdserve gateway`: uvicorn on the configured host and port."""
+    import uvicorn
+
+    configure_logging(settings.log_level, process="gateway")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+    )

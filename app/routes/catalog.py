@@ -1,0 +1,100 @@
+"""What can be asked for: ``GET /v1/models``, ``/v1/schedulers``, ``/v1/styles``."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from app.deps import QueueDep, RegistryDep
+from app.errors import problem_responses
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+class ModelInfo(BaseModel):
+    """A model a job may name."""
+
+    name: str
+    family: str = Field(description="`sd1` (Stable Diffusion 1.x) or `sdxl`.")
+    description: str
+    native_size: int = Field(description="Default width and height.")
+    default_steps: int
+    default_guidance: float
+    default_scheduler: str
+    default: bool = Field(description="Used when a request names no model.")
+    workers: list[str] = Field(description="Live workers serving this model now.")
+    warm: bool = Field(description="At least one live worker has it loaded and warmed.")
+    queued: int = Field(description="Jobs waiting for it.")
+
+
+class ModelList(BaseModel):
+    data: list[ModelInfo]
+
+
+class SchedulerList(BaseModel):
+    data: list[str]
+
+
+class StyleInfo(BaseModel):
+    name: str
+    prompt: str = Field(description="Template; `{prompt}` stands for the request's prompt.")
+    negative_prompt: str
+
+
+class StyleList(BaseModel):
+    data: list[StyleInfo]
+
+
+@router.get(
+    "/models",
+    response_model=ModelList,
+    operation_id="listModels",
+    summary="List models",
+    responses=problem_responses(503),
+)
+async def list_models(registry: RegistryDep, queue: QueueDep) -> ModelList:
+    """Every model in the registry, with the live workers that serve it."""
+    workers = await queue.live_workers()
+    data = []
+    for spec in registry.models.values():
+        serving = [
+            name for name, info in workers.items() if spec.name in json.loads(info.get("models", "[]"))
+        ]
+        warm = any(workers[name].get("ready") == "1" for name in serving)
+        data.append(
+            ModelInfo(
+                name=spec.name,
+                family=spec.family,
+                description=spec.description,
+                native_size=spec.native_size,
+                default_steps=spec.default_steps,
+                default_guidance=spec.default_guidance,
+                default_scheduler=spec.default_scheduler,
+                default=spec.name == registry.default_model,
+                workers=sorted(serving),
+                warm=warm,
+                queued=await queue.queue_depth(spec.name),
+            )
+        )
+    return ModelList(data=data)
+
+
+@router.get(
+    "/schedulers", response_model=SchedulerList, operation_id="listSchedulers", summary="List schedulers"
+)
+async def list_schedulers(registry: RegistryDep) -> SchedulerList:
+    """Scheduler (sampler) names a request may use."""
+    return SchedulerList(data=list(registry.schedulers()))
+
+
+@router.get("/styles", response_model=StyleList, operation_id="listStyles", summary="List style presets")
+async def list_styles(registry: RegistryDep) -> StyleList:
+    """Style presets: each wraps the prompt and negative prompt."""
+    return StyleList(
+        data=[
+            StyleInfo(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
+            for s in registry.styles.values()
+        ]
+    )

@@ -1,0 +1,49 @@
+"""Serve the local object store's files through signed, expiring URLs: ``GET /v1/files/{key}``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import FileResponse
+
+from app.deps import StoreDep
+from app.errors import problem_responses
+from sdserve.errors import InvalidRequest, NotFound
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "json": "application/json"}
+
+
+@router.get(
+    "/{key:path}",
+    operation_id="getFile",
+    summary="Download a stored file",
+    description="Serves a result image or manifest. The URL comes signed from a job; it stops working when "
+    "it expires (403).",
+    response_class=FileResponse,
+    responses={
+        200: {"description": "The file.", "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        **problem_responses(403, 404),
+    },
+)
+async def get_file(
+    key: str,
+    store: StoreDep,
+    expires: Annotated[int, Query(description="Expiry (Unix seconds), from the signed URL.")],
+    signature: Annotated[str, Query(max_length=128, description="HMAC signature, from the signed URL.")],
+) -> FileResponse:
+    try:
+        valid = store.verify(key, expires, signature)
+        path = store.path(key)
+    except InvalidRequest:
+        raise NotFound("no such file") from None
+    if not valid:
+        raise HTTPException(status_code=403, detail="the signature is invalid or the URL has expired")
+    if not path.is_file():
+        raise NotFound("no such file")
+    media_type = _TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
+    return FileResponse(
+        path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600, immutable"}
+    )

@@ -1,0 +1,72 @@
+"""``GET /problems/{slug}``: what each problem ``type`` means (problem types resolve here)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from app.errors import problem_responses
+from sdserve.errors import NotFound
+
+router = APIRouter(tags=["problems"])
+
+PROBLEMS: dict[str, tuple[int, str, str]] = {
+    "validation-error": (
+        422,
+        "The request is invalid",
+        "A field is missing, malformed or out of bounds; "
+        "`errors` lists each failing field. Fix the request; retrying as is fails again.",
+    ),
+    "invalid-request": (422, "The request is invalid", "The request is well-formed but cannot run as asked."),
+    "unknown-name": (
+        422,
+        "Unknown name",
+        "A model, scheduler, style or LoRA that the registry does not "
+        "have. GET /v1/models, /v1/schedulers, /v1/styles or /v1/loras list the valid names.",
+    ),
+    "not-found": (404, "Not found", "No such job or file, or it has expired."),
+    "forbidden": (
+        403,
+        "Forbidden",
+        "A signed URL whose signature is wrong or which has expired. Fetch the job again for a fresh URL.",
+    ),
+    "method-not-allowed": (405, "Method not allowed", "This path does not take this HTTP method."),
+    "unavailable": (
+        503,
+        "Service unavailable",
+        "A dependency (Redis, the object store) is unreachable. Retry after the `Retry-After` seconds.",
+    ),
+    "model-unavailable": (503, "No worker serves this model", "No live worker serves the model now."),
+    "internal": (500, "Internal error", "An unexpected failure; the request id identifies it in the logs."),
+    "job-failed": (200, "The job failed", "Set on a failed job: the job ran and could not finish."),
+    "out-of-memory": (
+        200,
+        "Out of accelerator memory",
+        "Set on a failed job: try a smaller size or fewer images.",
+    ),
+    "canceled": (200, "The job was canceled", "Set on a canceled job."),
+}
+
+
+class ProblemType(BaseModel):
+    """The documentation of one problem type."""
+
+    type: str
+    title: str
+    status: int
+    description: str
+
+
+@router.get(
+    "/problems/{slug}",
+    response_model=ProblemType,
+    operation_id="getProblemType",
+    summary="Explain a problem type",
+    responses=problem_responses(404),
+)
+async def get_problem_type(slug: str) -> ProblemType:
+    try:
+        status, title, description = PROBLEMS[slug]
+    except KeyError:
+        raise NotFound(f"no problem type {slug!r}") from None
+    return ProblemType(type=f"/problems/{slug}", title=title, status=status, description=description)

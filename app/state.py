@@ -1,0 +1,29 @@
+"""What the gateway holds for its lifetime: built in the lifespan, read through ``app.deps``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis import Redis as SyncRedis
+
+from sdserve.queue import JobQueue
+from sdserve.registry import Registry
+from sdserve.settings import Settings
+from sdserve.store import LocalStore
+
+
+@dataclass
+class GatewayState:
+    """The gateway's long-lived services."""
+
+    settings: Settings
+    registry: Registry
+    redis: aioredis.Redis
+    rq_connection: SyncRedis
+    queue: JobQueue
+    store: LocalStore
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.rq_connection.close()

@@ -1,0 +1,70 @@
+"""The `sdserve` command: ``up`` (everything, for a laptop), ``gateway``, ``worker``.
+
+``gateway`` and ``worker`` are dispatched by dotted path (like console-script entry points), so the
+contract package depends on neither side; ``up`` runs each as its own child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from sdserve.settings import Settings
+
+ENTRY_POINTS = {"gateway": "app.main:serve", "worker": "worker.main:serve"}
+
+
+def _entry(name: str) -> Callable[[Settings], None]:
+    module, _, attr = ENTRY_POINTS[name].partition(":")
+    func: Callable[[Settings], None] = getattr(importlib.import_module(module), attr)
+    return func
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        sys.exit(f"sdserve: invalid settings:\n{exc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdserve", description="Self-hosted Stable Diffusion inference service."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser(
+        "up", help="Start Redis (if needed), the gateway and one worker; Ctrl-C stops them all."
+    )
+    gateway = sub.add_parser("gateway", help="Run the HTTP gateway.")
+    for p in (up, gateway):
+        p.add_argument("--host", help="Address to bind (SDSERVE_HOST).")
+        p.add_argument("--port", type=int, help="Port to listen on (SDSERVE_PORT).")
+    worker = sub.add_parser("worker", help="Run one worker (one per GPU).")
+    for p in (up, worker):
+        p.add_argument("--models", help="Comma-separated models to serve (SDSERVE_WORKER_MODELS).")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, Any] = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "worker_models": getattr(args, "models", None),
+    }
+    settings = _settings(overrides)
+    if args.command == "up":
+        from sdserve.launcher import Launcher
+
+        sys.exit(Launcher(settings, overrides).run())
+    _entry(args.command)(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Every Redis key and RQ queue name sdserve uses, in one place.
+
+All keys start with the deployment's prefix (``Settings.key_prefix``) so several deployments, or
+the test suite, can share one Redis. RQ's own keys (``rq:job:<id>``, ``rq:queue:<name>``) are RQ's;
+the queue *names* we give it carry the prefix too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        """Hash: the job record (the source of truth for status and results)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        """Stream: the job's events (queued, started, progress, terminal)."""
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def jobs_index(self) -> str:
+        """Sorted set: every job id scored by creation time (for listing)."""
+        return f"{self.prefix}:jobs"
+
+    def queue_name(self, model: str) -> str:
+        """The RQ queue of one model (RQ stores it under ``rq:queue:<name>``)."""
+        return f"{self.prefix}:{model}"
+
+    def workers(self) -> str:
+        """Sorted set: live worker names scored by their last heartbeat."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, name: str) -> str:
+        """Hash: what one worker serves and whether it is ready (expires without heartbeats)."""
+        return f"{self.prefix}:worker:{name}"

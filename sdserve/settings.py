@@ -1,0 +1,134 @@
+"""The one settings object of every sdserve process.
+
+Read once, in the composition root (`sdserve.cli`, `app.main.create_app`, `worker.main`), from the
+environment (prefix ``SDSERVE_``) and an optional ``.env`` file, then passed down. Nothing else in the
+code base reads the environment. Every field is documented in the README's settings table; keep the
+two in step (a unit test compares them).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the gateway, the worker and `sdserve up`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SDSERVE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- where things live -------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis holding the queues, job records and event streams."""
+    key_prefix: str = Field(default="sdserve", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    """Prefix of every Redis key and queue name sdserve owns (lets several deployments share a Redis)."""
+    data_dir: Path = Path("./data")
+    """Local state: the local object store, generated built-in models, the URL-signing secret, Redis files."""
+    registry_file: Path | None = None
+    """TOML file listing models (and later LoRAs, embeddings, styles). Without it: the built-in models."""
+    default_model: str = "tiny"
+    """Model used when a request names none."""
+
+    # --- gateway ----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Address the gateway binds to."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port the gateway listens on."""
+    public_url: AnyHttpUrl | None = None
+    """Base URL clients use to reach the gateway (for Location headers and signed file URLs).
+    Unset: taken from each request's Host header."""
+    url_signing_secret: SecretStr | None = None
+    """HMAC key for the local store's signed URLs. Unset: generated once and kept in data_dir."""
+    url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    """Lifetime of a signed result URL (1 h by default, 7 days at most)."""
+    job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=3600)
+    """How long job records stay in Redis after they are created."""
+    redis_timeout_seconds: float = Field(default=1.5, gt=0, le=10)
+    """Socket timeout for the gateway's Redis calls, so a Redis outage answers 503 instead of hanging."""
+
+    # --- worker -----------------------------------------------------------------------------
+    worker_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["tiny"])
+    """Models one worker serves (comma separated in the environment). The first is warmed first."""
+    worker_name: str | None = None
+    """Name of this worker in Redis (default: host name and pid)."""
+    device: Device = "auto"
+    """Torch device for the worker: auto picks cuda, then mps, then cpu."""
+    dtype: DType = "auto"
+    """Weights and activations dtype: auto is float16 on cuda, float32 elsewhere."""
+    heartbeat_seconds: float = Field(default=5.0, gt=0, le=60)
+    """How often a busy worker proves it is alive."""
+    job_timeout_seconds: int = Field(default=600, ge=10)
+    """Ceiling on one job's run time."""
+    warmup: bool = True
+    """Run one small generation per model before reporting ready."""
+    torch_threads: int | None = Field(default=None, ge=1)
+    """CPU threads torch may use (default: torch's own choice)."""
+
+    # --- sdserve up --------------------------------------------------------------------------
+    start_redis: Literal["auto", "always", "never"] = "auto"
+    """`sdserve up`: start a local redis-server child when none answers (auto), always, or never."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of every process."""
+
+    @field_validator("worker_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value
+
+    # --- derived values ----------------------------------------------------------------------
+    @property
+    def objects_dir(self) -> Path:
+        """Root of the local object store."""
+        return self.data_dir / "objects"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where built-in models are generated and cached."""
+        return self.data_dir / "models"
+
+    def signing_key(self) -> bytes:
+        """The HMAC key for local signed URLs: the configured secret, or one kept in data_dir.
+
+        The generated key is written once with mode 0600 so that gateway restarts (and several
+        gateways sharing the data directory) agree on it.
+        """
+        if self.url_signing_secret is not None:
+            return self.url_signing_secret.get_secret_value().encode()
+        path = self.data_dir / "url-signing.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+            tmp.write_text(secrets.token_urlsafe(32))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)  # atomic and never overwrites: the first writer wins
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip().encode()

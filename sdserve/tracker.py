@@ -1,0 +1,102 @@
+"""The worker's side of a job record: start, progress, finish (sync redis-py).
+
+Each call is one atomic Lua script (``sdserve.transitions``) that updates the record and appends
+the matching event, and refuses to touch a job that has already ended.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from sdserve import transitions
+from sdserve.events import encode_data
+from sdserve.jobs import JobError, JobStatus
+from sdserve.keys import Keys
+from sdserve.records import JobRecord, StoredImage
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class JobTracker:
+    """Record a running job's life in Redis."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._start = client.register_script(transitions.START)
+        self._progress = client.register_script(transitions.PROGRESS)
+        self._finish = client.register_script(transitions.FINISH)
+
+    def _keys(self, job_id: str) -> list[str]:
+        return [self.keys.job(job_id), self.keys.events(job_id)]
+
+    def load(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None if it has expired or never existed."""
+        raw = self.redis.hgetall(self.keys.job(job_id))
+        return JobRecord.from_hash(raw) if raw else None
+
+    def start(self, job_id: str, worker: str, attempt_data: Mapping[str, Any] | None = None) -> str:
+        """Mark a job running. Returns 'ok', 'cancel', or the status that forbids starting it."""
+        data = encode_data({"status": "running", "worker": worker, **(attempt_data or {})})
+        return _text(self._start(keys=self._keys(job_id), args=[repr(time.time()), worker, data]))
+
+    def progress(self, job_id: str, step: int, total: int, event: Mapping[str, Any] | None) -> str:
+        """Record a step; with ``event``, also append a progress event.
+
+        Returns 'ok' to go on; anything else ('cancel', 'canceled', ...) means stop.
+        """
+        data = encode_data(event) if event is not None else ""
+        return _text(self._progress(keys=self._keys(job_id), args=[step, total, data]))
+
+    def _end(
+        self, job_id: str, status: JobStatus, event: Mapping[str, Any], fields: Mapping[str, str]
+    ) -> bool:
+        args: list[str] = [status.value, encode_data(event)]
+        for name, value in {"finished_at": repr(time.time()), **fields}.items():
+            args += [name, value]
+        return _text(self._finish(keys=self._keys(job_id), args=args)) == "ok"
+
+    def succeed(
+        self,
+        job_id: str,
+        *,
+        images: Sequence[StoredImage],
+        manifest_key: str,
+        timings: Mapping[str, float],
+        total: int,
+    ) -> bool:
+        """Mark a job succeeded with its outputs; False if it had already ended."""
+        return self._end(
+            job_id,
+            JobStatus.SUCCEEDED,
+            {"status": "succeeded"},
+            {
+                "images": json.dumps([img.to_json() for img in images], separators=(",", ":")),
+                "manifest": manifest_key,
+                "timings": json.dumps(dict(timings), separators=(",", ":")),
+                "step": str(total),
+            },
+        )
+
+    def fail(self, job_id: str, error: JobError, timings: Mapping[str, float]) -> bool:
+        """Mark a job failed with a problem; False if it had already ended."""
+        problem = error.model_dump(mode="json", exclude_none=True)
+        return self._end(
+            job_id,
+            JobStatus.FAILED,
+            {"status": "failed", "error": problem},
+            {"error": json.dumps(problem), "timings": json.dumps(dict(timings))},
+        )
+
+    def cancel(self, job_id: str, timings: Mapping[str, float] | None = None) -> bool:
+        """Mark a job canceled; False if it had already ended."""
+        return self._end(
+            job_id, JobStatus.CANCELED, {"status": "canceled"}, {"timings": json.dumps(dict(timings or {}))}
+        )

@@ -1,0 +1,248 @@
+"""Built-in models: real Stable Diffusion architectures with small random weights, made offline.
+
+``tiny`` is an SD 1.x pipeline (UNet2DConditionModel, AutoencoderKL with 8x downsampling, a CLIP
+text encoder and a byte-level CLIP BPE tokenizer) whose weights come from a fixed seed. It is
+generated once into ``<data_dir>/models/<name>-<version>`` with ``save_pretrained`` (safetensors)
+and then loaded through diffusers' normal ``from_pretrained`` path, so the production loading code
+is what runs in tests and on a laptop. Generation takes well under a second.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TINY_VERSION = "v1"
+"""Bump when the tiny architecture or its generator changes: a new folder is generated."""
+
+# Word pieces the tiny tokenizer merges (the rest falls back to single bytes, as real BPE does).
+_MERGE_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "in",
+    "on",
+    "at",
+    "with",
+    "and",
+    "to",
+    "by",
+    "from",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "white",
+    "black",
+    "orange",
+    "purple",
+    "pink",
+    "brown",
+    "grey",
+    "gray",
+    "cat",
+    "dog",
+    "fox",
+    "bird",
+    "house",
+    "tree",
+    "sky",
+    "sea",
+    "lighthouse",
+    "dusk",
+    "dawn",
+    "night",
+    "day",
+    "sun",
+    "moon",
+    "star",
+    "circle",
+    "square",
+    "triangle",
+    "ring",
+    "small",
+    "large",
+    "big",
+    "photo",
+    "painting",
+    "portrait",
+    "landscape",
+    "city",
+    "street",
+    "forest",
+    "mountain",
+    "river",
+    "flower",
+    "car",
+    "boat",
+    "snow",
+    "rain",
+    "light",
+    "dark",
+    "detailed",
+    "blurry",
+]
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The 256 printable stand-ins for bytes that CLIP's byte-level BPE uses."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def tiny_tokenizer_files() -> tuple[dict[str, int], list[str]]:
+    """A real (small) CLIP BPE vocabulary and merge list: every byte, plus merges for common words."""
+    chars = _bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    merges: list[str] = []
+    for word in _MERGE_WORDS:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            left, right = pieces[0], pieces[1]
+            merged = left + right
+            merge = f"{left} {right}"
+            if merge not in merges:
+                merges.append(merge)
+            vocab.setdefault(merged, len(vocab))
+            pieces = [merged, *pieces[2:]]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return vocab, merges
+
+
+def _build_tiny(target: Path) -> None:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab, merges = tiny_tokenizer_files()
+    tok_dir = target / "_tok"
+    tok_dir.mkdir(parents=True)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(
+        vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), model_max_length=77
+    )
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(20261125)
+    try:
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=vocab["<|startoftext|>"],
+                eos_token_id=vocab["<|endoftext|>"],
+                pad_token_id=vocab["<|endoftext|>"],
+                hidden_act="quick_gelu",
+            )
+        )
+        unet = UNet2DConditionModel(
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(16, 32, 32, 32),
+            layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=8,
+            sample_size=256,
+            scaling_factor=0.18215,
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(target, safe_serialization=True)
+    shutil.rmtree(tok_dir)
+
+
+BUILDERS: dict[str, tuple[str, Callable[[Path], None]]] = {"tiny": (TINY_VERSION, _build_tiny)}
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_builtin(name: str, models_dir: Path) -> Path:
+    """The folder of a built-in model, generated on first use (safe with several workers at once)."""
+    try:
+        version, build = BUILDERS[name]
+    except KeyError:
+        raise ValueError(f"no built-in model {name!r}") from None
+    target = models_dir / f"{name}-{version}"
+    if (target / "model_index.json").exists():
+        return target
+    with _locked(models_dir / f".{name}.lock"):
+        if (target / "model_index.json").exists():
+            return target
+        log.info("generating built-in model %s into %s", name, target)
+        staging = models_dir / f".{name}-{version}.building"
+        shutil.rmtree(staging, ignore_errors=True)
+        build(staging)
+        staging.rename(target)
+    return target

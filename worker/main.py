@@ -1,0 +1,81 @@
+"""The worker process: warm the models, then take jobs until told to stop.
+
+SIGTERM (or Ctrl-C) is a warm shutdown: the running job finishes, nothing new is taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+import torch
+from rq.serializers import JSONSerializer
+
+from sdserve.keys import Keys
+from sdserve.logs import configure_logging
+from sdserve.queue import rq_queue
+from sdserve.registry import Registry
+from sdserve.settings import Settings
+from sdserve.store import LocalStore
+from sdserve.tracker import JobTracker
+from worker import jobs
+from worker.device import DeviceConfig
+from worker.pipelines import PipelineCache
+from worker.rqworker import SdWorker
+from worker.runtime import Runtime, default_worker_name
+
+log = logging.getLogger("sdserve.worker")
+
+
+def build_runtime(settings: Settings, connection: redis.Redis, name: str) -> Runtime:
+    """Load and warm every model this worker serves; the runtime is ready when this returns."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    registry = Registry.load(settings.registry_file, settings.default_model)
+    device = DeviceConfig.from_settings(settings)
+    pipelines = PipelineCache(registry, device, settings.models_dir)
+    for model in settings.worker_models:
+        registry.model(model)  # fail fast on a name the registry lacks
+        started = time.perf_counter()
+        if settings.warmup:
+            pipelines.warm(model)
+        else:
+            pipelines.load(model)
+        log.info("model %s ready in %.2fs on %s", model, time.perf_counter() - started, device.describe())
+    return Runtime(
+        settings=settings,
+        registry=registry,
+        pipelines=pipelines,
+        store=LocalStore(settings.objects_dir),
+        tracker=JobTracker(connection, Keys(settings.key_prefix)),
+        device=device,
+        name=name,
+    )
+
+
+def make_worker(settings: Settings, connection: redis.Redis, runtime: Runtime) -> SdWorker:
+    """The RQ worker listening on the queues of the runtime's models."""
+    keys = Keys(settings.key_prefix)
+    queues = [rq_queue(connection, keys, model) for model in settings.worker_models]
+    return SdWorker(
+        queues,
+        connection=connection,
+        name=runtime.name,
+        serializer=JSONSerializer,
+        keys=keys,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        presence=SdWorker.presence_fields(settings.worker_models, runtime.device.describe(), ready=True),
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Entry point of `sdserve worker`."""
+    configure_logging(settings.log_level, process="worker")
+    name = settings.worker_name or default_worker_name()
+    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    runtime = build_runtime(settings, connection, name)
+    jobs.install(runtime)
+    worker = make_worker(settings, connection, runtime)
+    log.info("worker %s ready: models %s", name, ", ".join(settings.worker_models))
+    worker.work(logging_level=settings.log_level.upper(), with_scheduler=False)

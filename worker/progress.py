@@ -1,0 +1,44 @@
+"""Per-step progress and cancellation, through diffusers' ``callback_on_step_end``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sdserve.errors import JobCanceled
+from sdserve.tracker import JobTracker
+
+
+class StepReporter:
+    """Write each step to the job record and stop the pipeline when the job is canceled.
+
+    Every step updates the record; a progress event is appended at most every
+    ``event_interval`` seconds (and always for the last step), which keeps event streams short on
+    fast GPUs without hiding progress on slow ones.
+    """
+
+    def __init__(self, tracker: JobTracker, job_id: str, total: int, *, event_interval: float = 0.0) -> None:
+        self.tracker = tracker
+        self.job_id = job_id
+        self.total = total
+        self.event_interval = event_interval
+        self._last_event = 0.0
+        self.steps_done = 0
+
+    def report(self, step: int) -> None:
+        """Record that ``step`` steps are done; raises JobCanceled when the job must stop."""
+        self.steps_done = step
+        now = time.monotonic()
+        event = None
+        if step >= self.total or now - self._last_event >= self.event_interval:
+            self._last_event = now
+            event = {"step": step, "total": self.total, "fraction": round(step / max(self.total, 1), 4)}
+        state = self.tracker.progress(self.job_id, step, self.total, event)
+        if state != "ok":
+            raise JobCanceled(f"job {self.job_id} stopped at step {step}: {state}")
+
+    def __call__(
+        self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.report(step_index + 1)
+        return callback_kwargs

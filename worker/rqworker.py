@@ -1,0 +1,117 @@
+"""The RQ worker class: in-process execution (no fork: CUDA and warm weights survive) with
+heartbeats while a job runs.
+
+RQ's ``SimpleWorker`` sets a job's heartbeat once, at start, for the whole timeout; a worker that
+dies mid-job would leave the job looking alive for that long. ``SdWorker`` keeps a background
+thread that refreshes the worker's and the running job's heartbeats every ``heartbeat_seconds``
+with a short TTL, and advertises what the worker serves for ``GET /v1/models``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from rq import SimpleWorker
+from rq.job import Job
+from rq.queue import Queue
+from rq.timeouts import TimerDeathPenalty, UnixSignalDeathPenalty
+from rq.worker import WorkerStatus
+
+from sdserve.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class SdWorker(SimpleWorker):
+    """A non-forking RQ worker with live heartbeats and a presence record."""
+
+    def __init__(
+        self,
+        *args: Any,
+        keys: Keys,
+        heartbeat_seconds: float,
+        presence: dict[str, str],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.sd_keys = keys
+        self.heartbeat_seconds = heartbeat_seconds
+        self.presence = presence
+        # Signals only reach the main thread; elsewhere (tests, embedding) time out with a timer.
+        in_main = threading.current_thread() is threading.main_thread()
+        self.death_penalty_class = UnixSignalDeathPenalty if in_main else TimerDeathPenalty
+        self._current: tuple[Job, Any] | None = None
+        self._stop_beating = threading.Event()
+        self._beater = threading.Thread(target=self._beat, name="sdserve-heartbeat", daemon=True)
+
+    # --- heartbeats -----------------------------------------------------------------------
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """Short TTL: a dead worker's job is noticed within a few heartbeats, not a whole timeout."""
+        return int(self.heartbeat_seconds * 4) + 10
+
+    def advertise(self, connection: redis.Redis | None = None) -> None:
+        """Publish what this worker serves and that it is alive."""
+        conn = connection or self.connection
+        key = self.sd_keys.worker(self.name)
+        busy = self._current is not None
+        with conn.pipeline() as pipe:
+            fields: dict[Any, Any] = {
+                **self.presence,
+                "busy": "1" if busy else "0",
+                "seen_at": repr(time.time()),
+            }
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, int(self.heartbeat_seconds * 4) + 10)
+            pipe.zadd(self.sd_keys.workers(), {self.name: time.time()})
+            pipe.execute()
+
+    def retire(self) -> None:
+        """Remove the presence record (clean shutdown)."""
+        try:
+            with self.connection.pipeline() as pipe:
+                pipe.delete(self.sd_keys.worker(self.name))
+                pipe.zrem(self.sd_keys.workers(), self.name)
+                pipe.execute()
+        except redis.RedisError:
+            log.warning("could not remove worker presence for %s", self.name)
+
+    def _beat(self) -> None:
+        while not self._stop_beating.wait(self.heartbeat_seconds):
+            try:
+                self.advertise()
+                current = self._current
+                if current is not None:
+                    self.maintain_heartbeats(*current)
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:
+                log.exception("heartbeat thread error")
+
+    # --- RQ hooks -------------------------------------------------------------------------
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        self._current = (job, execution)
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            self._current = None
+        self.set_state(WorkerStatus.IDLE)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        self.advertise()
+        self._beater.start()
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            self._stop_beating.set()
+            self.retire()
+
+    @staticmethod
+    def presence_fields(models: list[str], device: str, ready: bool) -> dict[str, str]:
+        """The presence hash's fields."""
+        return {"models": json.dumps(models), "device": device, "ready": "1" if ready else "0"}

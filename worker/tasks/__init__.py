@@ -1,0 +1,1 @@
+"""Task recipes: one module per task, each a short numbered recipe."""
