@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +16,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from sdserve.settings import Settings
+
+QUIET_LIBRARIES = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
 
 ENTRY_POINTS = {"gateway": "app.main:serve", "worker": "worker.main:serve"}
 
@@ -59,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "worker_models": getattr(args, "models", None),
     }
     settings = _settings(overrides)
+    if args.command == "worker":
+        # Library chatter (progress bars, deprecation notes) would break the one-JSON-line-per-event logs.
+        for name, value in QUIET_LIBRARIES.items():
+            os.environ.setdefault(name, value)
     if args.command == "up":
         from sdserve.launcher import Launcher
 

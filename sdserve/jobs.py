@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 # --- limits ---------------------------------------------------------------------------------
 MIN_SIDE = 64
 """Smallest width or height, in pixels."""
-MAX_SIDE = 2048
-"""Largest width or height, in pixels."""
+MAX_SIDE = 3072
+"""Largest width or height, in pixels (wide or tall images, within the pixel budget)."""
 MAX_PIXELS = 2048 * 2048
 """Largest width × height of one image (4,194,304 pixels)."""
 MAX_STEPS = 150
@@ -38,7 +38,7 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 """A registry name: lower-case letters, digits, '.', '_' and '-'; never a path or URL."""
 
 SchedulerName = Literal[
-    "euler", "euler_a", "heun", "lms", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "pndm", "unipc", "lcm"
+    "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "pndm", "unipc", "lcm"
 ]
 SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
 

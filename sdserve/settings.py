@@ -30,6 +30,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
+        use_attribute_docstrings=True,
     )
 
     # --- where things live -------------------------------------------------------------------
@@ -39,6 +40,8 @@ class Settings(BaseSettings):
     """Prefix of every Redis key and queue name sdserve owns (lets several deployments share a Redis)."""
     data_dir: Path = Path("./data")
     """Local state: the local object store, generated built-in models, the URL-signing secret, Redis files."""
+    models_cache_dir: Path | None = None
+    """Where built-in models are generated and cached (default: <data_dir>/models)."""
     registry_file: Path | None = None
     """TOML file listing models (and later LoRAs, embeddings, styles). Without it: the built-in models."""
     default_model: str = "tiny"
@@ -80,8 +83,8 @@ class Settings(BaseSettings):
     """CPU threads torch may use (default: torch's own choice)."""
 
     # --- sdserve up --------------------------------------------------------------------------
-    start_redis: Literal["auto", "always", "never"] = "auto"
-    """`sdserve up`: start a local redis-server child when none answers (auto), always, or never."""
+    start_redis: Literal["auto", "never"] = "auto"
+    """`sdserve up`: start a local redis-server child when none answers at a local URL (auto), or never."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of every process."""
 
@@ -109,7 +112,7 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         """Where built-in models are generated and cached."""
-        return self.data_dir / "models"
+        return self.models_cache_dir or self.data_dir / "models"
 
     def signing_key(self) -> bytes:
         """The HMAC key for local signed URLs: the configured secret, or one kept in data_dir.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import redis
 import torch
@@ -26,6 +27,19 @@ from worker.rqworker import SdWorker
 from worker.runtime import Runtime, default_worker_name
 
 log = logging.getLogger("sdserve.worker")
+
+
+def quiet_libraries() -> None:
+    """Keep progress bars and deprecation chatter out of the worker's JSON log lines."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
 
 
 def build_runtime(settings: Settings, connection: redis.Redis, name: str) -> Runtime:
@@ -72,6 +86,7 @@ def make_worker(settings: Settings, connection: redis.Redis, runtime: Runtime) -
 def serve(settings: Settings) -> None:
     """Entry point of `sdserve worker`."""
     configure_logging(settings.log_level, process="worker")
+    quiet_libraries()
     name = settings.worker_name or default_worker_name()
     connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     runtime = build_runtime(settings, connection, name)

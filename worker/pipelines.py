@@ -73,7 +73,7 @@ class PipelineCache:
         source = self.resolve_source(spec)
         cls = _pipeline_class(spec)
         started = time.perf_counter()
-        kwargs: dict[str, Any] = {"torch_dtype": self.device.dtype}
+        kwargs: dict[str, Any] = {"dtype": self.device.dtype}
         if source.endswith(".safetensors"):
             pipe = cls.from_single_file(source, **kwargs)
         else:

@@ -11,7 +11,6 @@ from diffusers import (
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     LCMScheduler,
-    LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
@@ -22,7 +21,6 @@ SCHEDULERS: dict[str, tuple[type[Any], dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, {}),
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
     "heun": (HeunDiscreteScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
     "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "dpmpp_2m_karras": (
         DPMSolverMultistepScheduler,

@@ -1,0 +1,41 @@
+"""The OpenAPI document tells SDK users the truth: ids, summaries, examples, problem responses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.main import create_app
+from sdserve.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    settings = Settings(data_dir=Path(tmp_path_factory.mktemp("d")), _env_file=None)  # type: ignore[call-arg]
+    return create_app(settings).openapi()
+
+
+def operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(path, method, op) for path, item in doc["paths"].items() for method, op in item.items()]
+
+
+def test_every_operation_has_an_id_summary_and_tag(document: dict[str, Any]) -> None:
+    ids = []
+    for path, method, op in operations(document):
+        assert op.get("operationId"), (method, path)
+        assert op.get("summary"), (method, path)
+        assert op.get("tags"), (method, path)
+        ids.append(op["operationId"])
+    assert len(ids) == len(set(ids))
+
+
+def test_create_has_examples_and_documents_its_problems(document: dict[str, Any]) -> None:
+    op = document["paths"]["/v1/txt2img"]["post"]
+    schema = document["components"]["schemas"]["Txt2ImgRequest"]
+    assert schema["examples"][0]["prompt"] == "a lighthouse at dusk"
+    assert {"202", "422", "503"} <= set(op["responses"])
+    assert "application/problem+json" in op["responses"]["422"]["content"]
+    assert "Location" in op["responses"]["202"]["headers"]
+    assert "Problem" in document["components"]["schemas"]
