@@ -42,7 +42,7 @@ def test_signing_key_is_generated_once_and_kept(tmp_path: Path) -> None:
 
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"`SDSERVE_([A-Z0-9_]+)`", readme))
+    documented = set(re.findall(r"^\| `SDSERVE_([A-Z0-9_]+)` \|", readme, flags=re.MULTILINE))
     fields = {name.upper() for name in Settings.model_fields}
     assert fields - documented == set(), "settings missing from the README"
     assert documented - fields == set(), "README documents settings that do not exist"
