@@ -14,7 +14,7 @@ import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdserve.errors import (
@@ -41,6 +41,28 @@ class FieldProblem(BaseModel):
 
 class Problem(BaseModel):
     """An RFC 9457 problem detail."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "/problems/validation-error",
+                    "title": "The request is invalid",
+                    "status": 422,
+                    "detail": "body.width: Input should be a multiple of 8",
+                    "instance": "/v1/txt2img",
+                    "request_id": "4f1c2a9e8b7d4c55a1f0e2d3c4b5a697",
+                    "errors": [
+                        {
+                            "field": "body.width",
+                            "message": "Input should be a multiple of 8",
+                            "type": "multiple_of",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
     type: str = Field(description="URI reference naming the kind of problem; `GET` it for an explanation.")
     title: str = Field(description="Short summary of the kind of problem.")

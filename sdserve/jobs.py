@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 # --- limits ---------------------------------------------------------------------------------
 MIN_SIDE = 64
@@ -247,8 +247,72 @@ class JobError(BaseModel):
     detail: str | None = None
 
 
+JOB_EXAMPLE: dict[str, JsonValue] = {
+    "id": "01a2141e-8035-722a-ae56-08d956773a95",
+    "object": "job",
+    "task": "txt2img",
+    "status": "succeeded",
+    "model": "tiny",
+    "created_at": "2026-11-25T19:11:12.949050Z",
+    "started_at": "2026-11-25T19:11:12.956Z",
+    "finished_at": "2026-11-25T19:11:13.640Z",
+    "queue_position": None,
+    "progress": {"step": 12, "total": 12, "fraction": 1.0},
+    "request": {
+        "task": "txt2img",
+        "model": "tiny",
+        "prompt": "a lighthouse at dusk",
+        "negative_prompt": "",
+        "width": 256,
+        "height": 256,
+        "num_images": 1,
+        "steps": 12,
+        "guidance_scale": 7.0,
+        "scheduler": "euler",
+        "seed": 1005314457,
+        "loras": [],
+        "style": None,
+        "output": {"format": "png", "quality": 90},
+        "webhook": None,
+        "metadata": {},
+    },
+    "images": [
+        {
+            "index": 0,
+            "url": "http://localhost:8000/v1/files/outputs/01a2141e-8035-722a-ae56-08d956773a95/0.png"
+            "?expires=1795637473&signature=101b7aa3",
+            "expires_at": "2026-11-25T20:11:13Z",
+            "seed": 1005314457,
+            "width": 256,
+            "height": 256,
+            "content_type": "image/png",
+        }
+    ],
+    "manifest_url": "http://localhost:8000/v1/files/outputs/01a2141e-8035-722a-ae56-08d956773a95/manifest.json"
+    "?expires=1795637473&signature=5e0c81aa",
+    "error": None,
+    "timings": {
+        "queued_ms": 6.9,
+        "load_ms": 2.4,
+        "inference_ms": 506.4,
+        "decode_ms": 157.7,
+        "upload_ms": 22.0,
+        "run_ms": 684.5,
+        "total_ms": 691.5,
+    },
+    "metadata": {},
+    "links": {
+        "self": "http://localhost:8000/v1/jobs/01a2141e-8035-722a-ae56-08d956773a95",
+        "events": "http://localhost:8000/v1/jobs/01a2141e-8035-722a-ae56-08d956773a95/events",
+        "cancel": "http://localhost:8000/v1/jobs/01a2141e-8035-722a-ae56-08d956773a95/cancel",
+    },
+}
+
+
 class Job(BaseModel):
     """A job as the API reports it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
 
     id: str = Field(description="Job id.")
     object: Literal["job"] = "job"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import QueueDep, RegistryDep
 from app.errors import problem_responses
@@ -30,10 +30,40 @@ class ModelInfo(BaseModel):
 
 
 class ModelList(BaseModel):
+    """Every model in the registry."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "data": [
+                        {
+                            "name": "tiny",
+                            "family": "sd1",
+                            "description": "Stable Diffusion 1.x architecture with small random weights.",
+                            "native_size": 256,
+                            "default_steps": 20,
+                            "default_guidance": 7.0,
+                            "default_scheduler": "euler",
+                            "default": True,
+                            "workers": ["gpu-node-1.4211"],
+                            "warm": True,
+                            "queued": 3,
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
     data: list[ModelInfo]
 
 
 class SchedulerList(BaseModel):
+    """Scheduler names."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": ["euler", "euler_a", "dpmpp_2m"]}]})
+
     data: list[str]
 
 
@@ -44,6 +74,24 @@ class StyleInfo(BaseModel):
 
 
 class StyleList(BaseModel):
+    """Style presets."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "data": [
+                        {
+                            "name": "pixel-art",
+                            "prompt": "pixel-art {prompt}, low-res, blocky, pixel art style, 8-bit graphics",
+                            "negative_prompt": "smooth, realistic, photographic",
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
     data: list[StyleInfo]
 
 

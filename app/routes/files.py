@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from app.deps import StoreDep
@@ -29,10 +30,17 @@ _TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "json":
     },
 )
 async def get_file(
-    key: str,
+    key: Annotated[
+        str,
+        PathParam(description="Object key.", examples=["outputs/01a2141e-8035-722a-ae56-08d956773a95/0.png"]),
+    ],
     store: StoreDep,
-    expires: Annotated[int, Query(description="Expiry (Unix seconds), from the signed URL.")],
-    signature: Annotated[str, Query(max_length=128, description="HMAC signature, from the signed URL.")],
+    expires: Annotated[
+        int, Query(description="Expiry (Unix seconds), from the signed URL.", examples=[1795637473])
+    ],
+    signature: Annotated[
+        str, Query(max_length=128, description="HMAC signature, from the signed URL.", examples=["101b7aa3"])
+    ],
 ) -> FileResponse:
     try:
         valid = store.verify(key, expires, signature)

@@ -7,7 +7,7 @@ import asyncio
 import redis.exceptions
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import StateDep
 from app.errors import problem_responses
@@ -18,6 +18,10 @@ router = APIRouter(tags=["health"])
 
 class Health(BaseModel):
     """The gateway's health."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ok", "checks": {"redis": "ok", "store": "ok"}}]}
+    )
 
     status: str = Field(description="`ok`.")
     checks: dict[str, str] = Field(default_factory=dict, description="Each dependency checked and its state.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from app.deps import BaseUrlDep, QueueDep, SettingsDep, StoreDep
 from app.errors import problem_responses
@@ -10,6 +12,10 @@ from app.views import job_view
 from sdserve.jobs import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobId = Annotated[
+    str, Path(description="The job's id.", examples=["01a2141e-8035-722a-ae56-08d956773a95"], max_length=64)
+]
 
 
 @router.get(
@@ -22,7 +28,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     responses=problem_responses(404, 503),
 )
 async def get_job(
-    job_id: str, queue: QueueDep, store: StoreDep, settings: SettingsDep, base_url: BaseUrlDep
+    job_id: JobId, queue: QueueDep, store: StoreDep, settings: SettingsDep, base_url: BaseUrlDep
 ) -> Job:
     record = await queue.get(job_id)
     position = await queue.position(record)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, ConfigDict
 
 from app.errors import problem_responses
 from sdserve.errors import NotFound
@@ -51,6 +53,19 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
 class ProblemType(BaseModel):
     """The documentation of one problem type."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "/problems/not-found",
+                    "title": "Not found",
+                    "status": 404,
+                    "description": "No such job or file, or it has expired.",
+                }
+            ]
+        }
+    )
+
     type: str
     title: str
     status: int
@@ -64,7 +79,9 @@ class ProblemType(BaseModel):
     summary="Explain a problem type",
     responses=problem_responses(404),
 )
-async def get_problem_type(slug: str) -> ProblemType:
+async def get_problem_type(
+    slug: Annotated[str, Path(max_length=64, description="Problem slug.", examples=["not-found"])],
+) -> ProblemType:
     try:
         status, title, description = PROBLEMS[slug]
     except KeyError:

@@ -39,3 +39,22 @@ def test_create_has_examples_and_documents_its_problems(document: dict[str, Any]
     assert "application/problem+json" in op["responses"]["422"]["content"]
     assert "Location" in op["responses"]["202"]["headers"]
     assert "Problem" in document["components"]["schemas"]
+
+
+def _has_example(doc: dict[str, Any], schema: dict[str, Any]) -> bool:
+    if "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return bool(schema.get("examples") or schema.get("example"))
+
+
+def test_every_operation_has_an_example(document: dict[str, Any]) -> None:
+    for path, method, op in operations(document):
+        found = any(
+            p.get("examples") or p.get("schema", {}).get("examples") for p in op.get("parameters", [])
+        )
+        body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+        found = found or (body is not None and _has_example(document, body))
+        for response in op["responses"].values():
+            for media in response.get("content", {}).values():
+                found = found or _has_example(document, media.get("schema", {}))
+        assert found, (method, path)
