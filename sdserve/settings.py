@@ -47,6 +47,22 @@ class Settings(BaseSettings):
     default_model: str = "tiny"
     """Model used when a request names none."""
 
+    # --- object storage ---------------------------------------------------------------------
+    store: Literal["local", "s3"] = "local"
+    """Where inputs and outputs live: files under data_dir (served by the gateway), or S3."""
+    s3_bucket: str | None = None
+    """S3 bucket (required when store is s3)."""
+    s3_prefix: str = Field(default="", pattern=r"^(|[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)$")
+    """Key prefix inside the bucket (lets deployments share one)."""
+    s3_endpoint_url: AnyHttpUrl | None = None
+    """S3-compatible endpoint (MinIO, R2, ...); unset for AWS."""
+    s3_region: str | None = None
+    """S3 region; unset: the usual AWS chain decides. Credentials always come from the usual chain."""
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """Bucket addressing; MinIO usually needs path."""
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
+    """Delete a job's stored objects after this many days (S3 lifecycle rule where supported, else a purge)."""
+
     # --- gateway ----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     """Address the gateway binds to."""
