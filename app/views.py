@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sdserve.jobs import ImageResult, Job, JobRequest, JobStatus, Progress, Timings
+from sdserve.jobs import ImageResult, Job, JobStatus, Progress, Timings
 from sdserve.records import JobRecord
 from sdserve.store import ObjectStore
+from sdserve.tasks import JobRequest
 
 
 def _dt(ts: float | None) -> datetime | None:

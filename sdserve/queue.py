@@ -24,9 +24,10 @@ from rq.serializers import JSONSerializer
 
 from sdserve.errors import NotFound
 from sdserve.events import STREAM_MAXLEN, EventName, encode_data
-from sdserve.jobs import JobRequest, JobStatus
+from sdserve.jobs import JobStatus
 from sdserve.keys import Keys
 from sdserve.records import JobRecord
+from sdserve.tasks import JobRequest
 
 RUN_JOB = "worker.jobs.run_job"
 """Dotted path of the function a worker runs for every job."""

@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sdserve.errors import InvalidRequest, UnknownName
-from sdserve.jobs import SCHEDULER_NAMES, SchedulerName
+from sdserve.limits import SCHEDULER_NAMES, SchedulerName
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 

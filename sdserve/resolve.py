@@ -10,8 +10,9 @@ from __future__ import annotations
 import secrets
 
 from sdserve.errors import FieldError, InvalidRequest, UnknownName
-from sdserve.jobs import MAX_PIXELS, MAX_SEED, JobRequest
+from sdserve.limits import MAX_PIXELS, MAX_SEED
 from sdserve.registry import Registry
+from sdserve.tasks import JobRequest
 
 
 def resolve_request(request: JobRequest, registry: Registry) -> JobRequest:

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     """Bucket addressing; MinIO usually needs path."""
     retention_days: int | None = Field(default=None, ge=1, le=3650)
-    """Delete a job's stored objects after this many days (S3 lifecycle rule where supported, else a purge)."""
+    """Delete a job's stored objects after this many days (lifecycle rule where supported, else a purge)."""
 
     # --- gateway ----------------------------------------------------------------------------
     host: str = "127.0.0.1"

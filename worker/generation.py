@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdserve.jobs import MAX_SEED, GenerationParams
+from sdserve.limits import MAX_SEED
+from sdserve.params import GenerationParams
 from sdserve.registry import Registry
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from sdserve.jobs import GenerationParams, OutputOptions
+from sdserve.params import GenerationParams, OutputOptions
 from sdserve.records import StoredImage
 from sdserve.store import ObjectStore, output_key
 from worker.generation import GeneratedImage

@@ -15,11 +15,12 @@ import torch
 from pydantic import BaseModel
 
 from sdserve.errors import JobCanceled, SdserveError, problem_type
-from sdserve.jobs import JobError, Txt2ImgRequest
+from sdserve.jobs import JobError
 from sdserve.records import JobRecord
 from sdserve.registry import Registry
 from sdserve.settings import Settings
 from sdserve.store import ObjectStore
+from sdserve.tasks import Txt2ImgRequest
 from sdserve.tracker import JobTracker
 from worker.device import DeviceConfig
 from worker.outputs import library_versions, write_manifest, write_outputs

@@ -15,7 +15,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from sdserve.jobs import SCHEDULER_NAMES
+from sdserve.limits import SCHEDULER_NAMES
 
 SCHEDULERS: dict[str, tuple[type[Any], dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, {}),

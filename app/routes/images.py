@@ -8,8 +8,9 @@ from app.deps import BaseUrlDep, QueueDep, RegistryDep, RequestIdDep, SettingsDe
 from app.errors import problem_responses
 from app.views import job_view
 from sdserve.errors import FieldError, InvalidRequest
-from sdserve.jobs import Job, Txt2ImgRequest
+from sdserve.jobs import Job
 from sdserve.resolve import resolve_request
+from sdserve.tasks import Txt2ImgRequest
 
 router = APIRouter(prefix="/v1", tags=["images"])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sdserve.errors import UnknownName
-from sdserve.jobs import Txt2ImgRequest
 from sdserve.registry import Registry
 from sdserve.resolve import resolve_request
+from sdserve.tasks import Txt2ImgRequest
 
 
 def test_defaults_come_from_the_model() -> None:

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from sdserve.jobs import Txt2ImgRequest
+from sdserve.tasks import Txt2ImgRequest
 from worker.generation import GeneratedImage, decode_latents, generators, image_seeds, styled_prompts
 from worker.tasks.base import TaskContext, TaskOutput
 

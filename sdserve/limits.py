@@ -1,0 +1,35 @@
+"""Every bound a request has, in one place (the request models and the docs quote these)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import StringConstraints
+
+# --- limits ---------------------------------------------------------------------------------
+MIN_SIDE = 64
+"""Smallest width or height, in pixels."""
+MAX_SIDE = 3072
+"""Largest width or height, in pixels (wide or tall images, within the pixel budget)."""
+MAX_PIXELS = 2048 * 2048
+"""Largest width × height of one image (4,194,304 pixels)."""
+MAX_STEPS = 150
+"""Most denoising steps a job may ask for."""
+MAX_IMAGES = 8
+"""Most images one job may generate."""
+MAX_PROMPT_CHARS = 2000
+"""Longest prompt or negative prompt, in characters (the text encoder reads the first 77 tokens)."""
+MAX_SEED = 2**32 - 1
+"""Seeds are unsigned 32-bit integers; image *i* of a job uses ``(seed + i) mod 2**32``."""
+MAX_LORAS = 4
+"""Most LoRA adapters one job may combine."""
+MAX_METADATA_KEYS = 16
+"""Most client metadata entries carried by a job."""
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+"""A registry name: lower-case letters, digits, '.', '_' and '-'; never a path or URL."""
+
+SchedulerName = Literal[
+    "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "pndm", "unipc", "lcm"
+]
+SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
