@@ -158,9 +158,7 @@ async def _on_domain_error(request: Request, exc: Exception) -> JSONResponse:
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        FieldProblem(
-            field=_field_name(e.get("loc", ())), message=str(e.get("msg", "invalid")), type=e.get("type")
-        )
+        FieldProblem(field=_field_name(e.get("loc", ())), message=str(e.get("msg", "invalid")), type=e.get("type"))
         for e in exc.errors()
     ]
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5]) or "invalid request"

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from app.errors import install_error_handlers
-from app.middleware import JsonBodyMiddleware, RequestIdMiddleware
-from app.routes import catalog, files, health, images, jobs, problems
+from app.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMiddleware
+from app.routes import catalog, files, health, images, jobs, problems, uploads
 from app.state import GatewayState
 from sdserve import __version__
 from sdserve.keys import Keys
@@ -21,6 +21,7 @@ from sdserve.queue import JobQueue
 from sdserve.registry import Registry
 from sdserve.settings import Settings
 from sdserve.store import LocalStore
+from sdserve.uploads import Uploads
 
 log = logging.getLogger("sdserve.gateway")
 
@@ -43,9 +44,7 @@ def build_state(settings: Settings) -> GatewayState:
         health_check_interval=30,
         retry_on_timeout=False,
     )
-    rq_connection = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    rq_connection = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     keys = Keys(settings.key_prefix)
     queue = JobQueue(
         client,
@@ -54,13 +53,15 @@ def build_state(settings: Settings) -> GatewayState:
         job_ttl=settings.job_ttl_seconds,
         job_timeout=settings.job_timeout_seconds,
     )
+    store = LocalStore(settings.objects_dir, settings.signing_key())
     return GatewayState(
         settings=settings,
         registry=Registry.load(settings.registry_file, settings.default_model),
         redis=client,
         rq_connection=rq_connection,
         queue=queue,
-        store=LocalStore(settings.objects_dir, settings.signing_key()),
+        store=store,
+        uploads=Uploads(client, keys, store, ttl=settings.upload_ttl_seconds),
     )
 
 
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=[
             {"name": "images", "description": "Create generation jobs."},
+            {"name": "uploads", "description": "Input images and masks, uploaded once, used by id."},
             {"name": "jobs", "description": "Follow jobs and fetch their results."},
             {"name": "files", "description": "Signed downloads of stored results."},
             {"name": "catalog", "description": "Models, schedulers and styles a job may name."},
@@ -91,9 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gateway = state
     install_error_handlers(app)
-    for module in (images, jobs, files, catalog, health, problems):
+    for module in (images, uploads, jobs, files, catalog, health, problems):
         app.include_router(module.router)
     app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, limits={"/v1/uploads": uploads.UPLOAD_BODY_LIMIT}
+    )
     app.add_middleware(RequestIdMiddleware)
     return app
 

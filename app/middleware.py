@@ -5,11 +5,14 @@ Pure ASGI (not ``BaseHTTPMiddleware``) so that streaming responses and the event
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sdserve.errors import problem_type
 from sdserve.logs import bind
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -66,3 +69,70 @@ class JsonBodyMiddleware:
                 ):
                     scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over a limit with a 413 problem, whether or not they declare a length.
+
+    A declared ``Content-Length`` over the limit is answered before a byte of the body is read; a
+    chunked body is counted as it streams and stopped as soon as it passes the limit. Either way the
+    gateway never holds more than the limit in memory for one request. ``limits`` gives some paths
+    their own limit (uploads: a file plus multipart overhead).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, limits: dict[str, int] | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.limits = limits or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get(scope["path"], self.max_bytes)
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_too_large(scope, send, limit)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise HTTPException(status_code=413, detail=_too_large_detail(limit))
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _too_large_detail(limit: int) -> str:
+    return f"the request body is over {limit:,} bytes; send large images through POST /v1/uploads"
+
+
+async def _send_too_large(scope: Scope, send: Send, limit: int) -> None:
+    body = json.dumps(
+        {
+            "type": problem_type("payload-too-large"),
+            "title": "Request body too large",
+            "status": 413,
+            "detail": _too_large_detail(limit),
+            "instance": scope["path"],
+            "request_id": scope.get("state", {}).get("request_id"),
+            "errors": [],
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

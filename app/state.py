@@ -11,6 +11,7 @@ from sdserve.queue import JobQueue
 from sdserve.registry import Registry
 from sdserve.settings import Settings
 from sdserve.store import LocalStore
+from sdserve.uploads import Uploads
 
 
 @dataclass
@@ -23,6 +24,7 @@ class GatewayState:
     rq_connection: SyncRedis
     queue: JobQueue
     store: LocalStore
+    uploads: Uploads
 
     async def close(self) -> None:
         await self.redis.aclose()

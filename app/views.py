@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sdserve.jobs import ImageResult, Job, JobStatus, Progress, Timings
 from sdserve.records import JobRecord
 from sdserve.store import ObjectStore
-from sdserve.tasks import JobRequest
+from sdserve.tasks import parse_request
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -42,11 +42,10 @@ def job_view(
         if record.manifest_key
         else None
     )
+    mask_url = store.signed_url(record.mask_key, expires_in=url_ttl, base_url=base_url).url if record.mask_key else None
     progress = None
     if record.status is not JobStatus.QUEUED and record.total:
-        progress = Progress(
-            step=record.step, total=record.total, fraction=round(record.step / record.total, 4)
-        )
+        progress = Progress(step=record.step, total=record.total, fraction=round(record.step / record.total, 4))
     self_url = f"{base_url}/v1/jobs/{record.id}"
     return Job(
         id=record.id,
@@ -58,9 +57,10 @@ def job_view(
         finished_at=_dt(record.finished_at),
         queue_position=position,
         progress=progress,
-        request=JobRequest.model_validate(record.request),
+        request=parse_request(record.request),
         images=images,
         manifest_url=manifest_url,
+        mask_url=mask_url,
         error=record.error,
         timings=Timings.model_validate({k: round(v, 2) for k, v in record.timings.items()}),
         metadata=record.metadata,

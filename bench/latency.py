@@ -88,9 +88,7 @@ class Service:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=12)
@@ -132,9 +130,7 @@ def main() -> None:
                 rows["done"].append(done)
                 rows["image"].append(image)
                 rows["run"].append(job["timings"]["run_ms"] / 1000)
-                rows["inference"].append(
-                    (job["timings"]["inference_ms"] + job["timings"]["decode_ms"]) / 1000
-                )
+                rows["inference"].append((job["timings"]["inference_ms"] + job["timings"]["decode_ms"]) / 1000)
         finally:
             service.stop()
 

@@ -41,14 +41,10 @@ def _settings(overrides: dict[str, Any]) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sdserve", description="Self-hosted Stable Diffusion inference service."
-    )
+    parser = argparse.ArgumentParser(prog="sdserve", description="Self-hosted Stable Diffusion inference service.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser(
-        "up", help="Start Redis (if needed), the gateway and one worker; Ctrl-C stops them all."
-    )
+    up = sub.add_parser("up", help="Start Redis (if needed), the gateway and one worker; Ctrl-C stops them all.")
     gateway = sub.add_parser("gateway", help="Run the HTTP gateway.")
     for p in (up, gateway):
         p.add_argument("--host", help="Address to bind (SDSERVE_HOST).")

@@ -149,9 +149,10 @@ class Job(BaseModel):
     request: JobRequest = Field(description="The request as it will run: every default filled in.")
     images: list[ImageResult] = Field(default_factory=list)
     manifest_url: str | None = Field(default=None, description="Signed URL of the job's manifest.json.")
+    mask_url: str | None = Field(
+        default=None, description="Signed URL of the final mask used (inpaint/outpaint with `return_mask`)."
+    )
     error: JobError | None = None
     timings: Timings = Field(default_factory=Timings)
     metadata: dict[str, str] = Field(default_factory=dict)
-    links: dict[str, str] = Field(
-        default_factory=dict, description="Related resources (self, cancel, events)."
-    )
+    links: dict[str, str] = Field(default_factory=dict, description="Related resources (self, cancel, events).")

@@ -28,6 +28,10 @@ class Keys:
         """Sorted set: every job id scored by creation time (for listing)."""
         return f"{self.prefix}:jobs"
 
+    def upload(self, upload_id: str) -> str:
+        """Hash: an uploaded (or inline) input image: where it lies and what it is."""
+        return f"{self.prefix}:upload:{upload_id}"
+
     def queue_name(self, model: str) -> str:
         """The RQ queue of one model (RQ stores it under ``rq:queue:<name>``)."""
         return f"{self.prefix}:{model}"

@@ -75,11 +75,7 @@ class Launcher:
             say(f"using Redis at {self.redis_url}")
             return True
         parts = urlsplit(self.redis_url)
-        if (
-            self.settings.start_redis == "never"
-            or parts.scheme != "redis"
-            or parts.hostname not in LOCAL_HOSTS
-        ):
+        if self.settings.start_redis == "never" or parts.scheme != "redis" or parts.hostname not in LOCAL_HOSTS:
             say(
                 f"Redis does not answer at {self.redis_url}. Start it, or point SDSERVE_REDIS_URL at one "
                 "(sdserve starts a local redis-server by itself only for a local redis:// URL)."

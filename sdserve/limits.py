@@ -29,7 +29,22 @@ MAX_METADATA_KEYS = 16
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 """A registry name: lower-case letters, digits, '.', '_' and '-'; never a path or URL."""
 
-SchedulerName = Literal[
-    "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "pndm", "unipc", "lcm"
-]
+SchedulerName = Literal["euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "pndm", "unipc", "lcm"]
 SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+"""Largest encoded input image (PNG, JPEG or WEBP file), in bytes."""
+MAX_IMAGE_FIELD_CHARS = 28_000_000
+"""Longest base64 / data-URI image in a JSON body (a 20 MiB file in base64, with room for a data-URI header)."""
+MAX_OUTPAINT_MARGIN = 1024
+"""Most pixels an outpaint may add on any one side."""
+MAX_MASK_GROW = 128
+"""Most pixels a mask may be grown (dilated) by."""
+MAX_MASK_BLUR = 64
+"""Largest Gaussian blur radius for a mask's edge, in pixels."""
+MAX_INPAINT_PADDING = 512
+"""Most context pixels around the mask for `inpaint_area: masked`."""
+MAX_FEATHER = 256
+"""Widest seam blend for outpainting, in pixels."""
+UPLOAD_ID_PATTERN = r"^upl_[0-9a-f]{32}$"
+"""Shape of an upload id."""

@@ -60,9 +60,7 @@ class OutputOptions(_Strict):
 class WebhookSpec(_Strict):
     """Where to POST signed job events (Standard Webhooks)."""
 
-    url: str = Field(
-        min_length=8, max_length=2048, pattern=r"^https?://", description="Callback URL, http(s) only."
-    )
+    url: str = Field(min_length=8, max_length=2048, pattern=r"^https?://", description="Callback URL, http(s) only.")
     events: list[WebhookEvent] = Field(
         default_factory=lambda: list(TERMINAL_WEBHOOK_EVENTS),
         min_length=1,
@@ -78,9 +76,7 @@ class GenerationParams(_Strict):
         default=None, description="Model name (see `GET /v1/models`); default: the service's default model."
     )
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
-    negative_prompt: str = Field(
-        default="", max_length=MAX_PROMPT_CHARS, description="What to steer away from."
-    )
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
     width: int | None = Field(
         default=None,
         ge=MIN_SIDE,
@@ -107,9 +103,7 @@ class GenerationParams(_Strict):
         le=30.0,
         description="Classifier-free guidance; ≤ 1 turns it off. Default: model's.",
     )
-    scheduler: SchedulerName | None = Field(
-        default=None, description="Sampler; default: the model's default."
-    )
+    scheduler: SchedulerName | None = Field(default=None, description="Sampler; default: the model's default.")
     seed: int | None = Field(
         default=None,
         ge=0,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, cast
 
 import redis
@@ -113,12 +114,18 @@ class JobQueue:
         self,
         request: JobRequest,
         *,
+        job_id: str | None = None,
+        total_steps: int | None = None,
+        inputs: Mapping[str, str] | None = None,
         owner: str | None = None,
         request_id: str | None = None,
     ) -> JobRecord:
-        """Store and enqueue a resolved request atomically; returns the new record."""
+        """Store and enqueue a resolved request atomically; returns the new record.
+
+        ``inputs`` maps input names (``image``, ``mask``) to the object keys the worker reads.
+        """
         assert request.model is not None and request.steps is not None, "submit takes resolved requests"
-        job_id = new_job_id()
+        job_id = job_id or new_job_id()
         now = time.time()
         fields = JobRecord.new_fields(
             job_id=job_id,
@@ -126,10 +133,11 @@ class JobQueue:
             model=request.model,
             request=request.model_dump(mode="json"),
             created_at=now,
-            total=request.steps,
+            total=total_steps or request.steps,
             metadata=request.metadata,
             owner=owner,
             request_id=request_id,
+            inputs=inputs,
         )
         queue = await self._queue(request.model)
         recorder = _RecordingPipeline()

@@ -59,6 +59,8 @@ class JobRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     owner: str | None = None
     request_id: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    mask_key: str | None = None
 
     @staticmethod
     def new_fields(
@@ -72,6 +74,7 @@ class JobRecord:
         metadata: Mapping[str, str],
         owner: str | None,
         request_id: str | None,
+        inputs: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
         """The hash fields of a freshly accepted job."""
         fields = {
@@ -86,6 +89,8 @@ class JobRecord:
             "attempts": "0",
             "metadata": json.dumps(dict(metadata), separators=(",", ":")),
         }
+        if inputs:
+            fields["inputs"] = json.dumps(dict(inputs), separators=(",", ":"))
         if owner:
             fields["owner"] = owner
         if request_id:
@@ -122,6 +127,8 @@ class JobRecord:
             metadata=json.loads(h.get("metadata") or "{}"),
             owner=h.get("owner") or None,
             request_id=h.get("request_id") or None,
+            inputs=json.loads(h.get("inputs") or "{}"),
+            mask_key=h.get("mask") or None,
         )
 
 

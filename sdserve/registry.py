@@ -97,6 +97,17 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         default_guidance=7.0,
         default_scheduler="euler",
     ),
+    "tiny-sdxl": ModelSpec(
+        name="tiny-sdxl",
+        source="builtin:tiny-sdxl",
+        family="sdxl",
+        description="Stable Diffusion XL architecture (two text encoders, size conditioning) with small random "
+        "weights, generated offline. Draws noise, fast: for tests and for trying SDXL requests without a GPU.",
+        native_size=256,
+        default_steps=20,
+        default_guidance=5.0,
+        default_scheduler="euler",
+    ),
 }
 
 _NEG = "lowres, blurry, jpeg artifacts, watermark, text"
@@ -105,26 +116,22 @@ BUILTIN_STYLES: dict[str, StylePreset] = {
     for s in (
         StylePreset(
             name="photographic",
-            prompt="cinematic photo of {prompt}, 35mm photograph, film grain, "
-            "bokeh, professional, highly detailed",
+            prompt="cinematic photo of {prompt}, 35mm photograph, film grain, bokeh, professional, highly detailed",
             negative_prompt=f"drawing, painting, anime, {_NEG}",
         ),
         StylePreset(
             name="cinematic",
-            prompt="cinematic film still of {prompt}, shallow depth of field, "
-            "vignette, highly detailed, moody, epic",
+            prompt="cinematic film still of {prompt}, shallow depth of field, vignette, highly detailed, moody, epic",
             negative_prompt=f"cartoon, painting, {_NEG}",
         ),
         StylePreset(
             name="anime",
-            prompt="anime artwork of {prompt}, anime style, key visual, vibrant, "
-            "studio anime, highly detailed",
+            prompt="anime artwork of {prompt}, anime style, key visual, vibrant, studio anime, highly detailed",
             negative_prompt=f"photo, realistic, {_NEG}",
         ),
         StylePreset(
             name="digital-art",
-            prompt="concept art of {prompt}, digital artwork, illustrative, "
-            "painterly, matte painting, highly detailed",
+            prompt="concept art of {prompt}, digital artwork, illustrative, painterly, matte painting, highly detailed",
             negative_prompt=f"photo, realistic, {_NEG}",
         ),
         StylePreset(
@@ -154,20 +161,17 @@ BUILTIN_STYLES: dict[str, StylePreset] = {
         ),
         StylePreset(
             name="watercolor",
-            prompt="watercolor painting of {prompt}, vibrant, beautiful, "
-            "painterly, detailed, textural, artistic",
+            prompt="watercolor painting of {prompt}, vibrant, beautiful, painterly, detailed, textural, artistic",
             negative_prompt=f"photo, anime, {_NEG}",
         ),
         StylePreset(
             name="3d-model",
-            prompt="professional 3d model of {prompt}, octane render, highly "
-            "detailed, volumetric, dramatic lighting",
+            prompt="professional 3d model of {prompt}, octane render, highly detailed, volumetric, dramatic lighting",
             negative_prompt=f"painting, sketch, {_NEG}",
         ),
         StylePreset(
             name="neon-punk",
-            prompt="neonpunk style {prompt}, cyberpunk, vaporwave, neon, vibes, "
-            "vibrant, stunningly beautiful, crisp",
+            prompt="neonpunk style {prompt}, cyberpunk, vaporwave, neon, vibes, vibrant, stunningly beautiful, crisp",
             negative_prompt=f"painting, drawing, {_NEG}",
         ),
     )

@@ -2,7 +2,8 @@
 
 The gateway resolves every default (model, size, steps, guidance, scheduler, seed) before the job
 is stored, so the job record states precisely what will run, a retried job reproduces the same
-images, and the worker never has to guess.
+images, and the worker never has to guess. Everything that can be refused is refused here, as a
+422 naming the field, before any image is decoded or any job exists.
 """
 
 from __future__ import annotations
@@ -10,19 +11,27 @@ from __future__ import annotations
 import secrets
 
 from sdserve.errors import FieldError, InvalidRequest, UnknownName
-from sdserve.limits import MAX_PIXELS, MAX_SEED
-from sdserve.registry import Registry
-from sdserve.tasks import JobRequest
+from sdserve.limits import MAX_PIXELS, MAX_SEED, MAX_SIDE, MIN_SIDE
+from sdserve.registry import ModelSpec, Registry
+from sdserve.tasks import (
+    Img2ImgRequest,
+    InpaintRequest,
+    JobRequest,
+    OutpaintRequest,
+    Txt2ImgRequest,
+)
+
+INPAINTING_TASKS = ("inpaint", "outpaint")
 
 
-def resolve_request(request: JobRequest, registry: Registry) -> JobRequest:
-    """Fill in every default and check the names against the registry.
-
-    Raises:
-        UnknownName: the model, style or a LoRA is not in the registry.
-        InvalidRequest: the resolved size breaks the pixel budget.
-    """
+def check_request(request: JobRequest, registry: Registry) -> ModelSpec:
+    """The checks that need no image: names, and whether the model can run this task."""
     spec = registry.model(request.model)
+    if spec.inpainting and request.task not in INPAINTING_TASKS:
+        raise InvalidRequest(
+            f"model {spec.name!r} is a dedicated inpainting checkpoint: use it for inpaint or outpaint",
+            errors=[FieldError("body.model", "inpainting-only model")],
+        )
     if request.style is not None:
         registry.style(request.style)
     for lora in request.loras:
@@ -30,23 +39,76 @@ def resolve_request(request: JobRequest, registry: Registry) -> JobRequest:
             f"unknown LoRA {lora.name!r}; see GET /v1/loras",
             errors=[FieldError("body.loras", f"unknown LoRA {lora.name!r}")],
         )
-    width = request.width or spec.native_size
-    height = request.height or spec.native_size
-    if width * height > MAX_PIXELS:
-        raise InvalidRequest(
-            f"width × height must be at most {MAX_PIXELS:,} pixels",
-            errors=[FieldError("body.width", "pixel budget exceeded")],
+    return spec
+
+
+def nearest_multiple_of_8(value: int) -> int:
+    """Round to the nearest multiple of 8 (halves up), at least 64."""
+    return max(MIN_SIDE, (value + 4) // 8 * 8)
+
+
+def output_size(request: JobRequest, spec: ModelSpec, image_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The size of the images a request will produce."""
+    if isinstance(request, Txt2ImgRequest):
+        return request.width or spec.native_size, request.height or spec.native_size
+    assert image_size is not None, "image tasks resolve after their image is decoded"
+    width, height = image_size
+    if isinstance(request, Img2ImgRequest):
+        return request.width or nearest_multiple_of_8(width), request.height or nearest_multiple_of_8(height)
+    if isinstance(request, OutpaintRequest):
+        size = (width + request.left + request.right, height + request.top + request.bottom)
+    else:
+        size = (width, height)
+    for name, given, actual in (("width", request.width, size[0]), ("height", request.height, size[1])):
+        if given is not None and given != actual:
+            raise InvalidRequest(
+                f"{name} is set by the image for {request.task}: {actual}, not {given}",
+                errors=[FieldError(f"body.{name}", f"must be {actual} (or left out)")],
+            )
+    return size
+
+
+def denoising_steps(request: JobRequest) -> int:
+    """How many denoising steps will actually run (image tasks run ``steps × strength`` of them)."""
+    assert request.steps is not None
+    if isinstance(request, Txt2ImgRequest):
+        return request.steps
+    return min(int(request.steps * request.strength), request.steps)
+
+
+def resolve_request(request: JobRequest, registry: Registry, image_size: tuple[int, int] | None = None) -> JobRequest:
+    """Fill in every default and check what only the resolved request can show.
+
+    Raises:
+        UnknownName: the model, style or a LoRA is not in the registry.
+        InvalidRequest: the size breaks the limits, or steps × strength leaves nothing to do.
+    """
+    spec = check_request(request, registry)
+    width, height = output_size(request, spec, image_size)
+    if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
+        fields = (
+            ["body.width", "body.height"]
+            if not isinstance(request, OutpaintRequest)
+            else ["body.left", "body.right", "body.top", "body.bottom"]
         )
-    return request.model_copy(
+        raise InvalidRequest(
+            f"the output would be {width}x{height}: at most {MAX_PIXELS:,} pixels and {MAX_SIDE} per side",
+            errors=[FieldError(f, "output size over the limit") for f in fields],
+        )
+    resolved = request.model_copy(
         update={
             "model": spec.name,
             "width": width,
             "height": height,
             "steps": request.steps or spec.default_steps,
-            "guidance_scale": spec.default_guidance
-            if request.guidance_scale is None
-            else request.guidance_scale,
+            "guidance_scale": spec.default_guidance if request.guidance_scale is None else request.guidance_scale,
             "scheduler": request.scheduler or spec.default_scheduler,
             "seed": secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
         }
     )
+    if isinstance(resolved, Img2ImgRequest | InpaintRequest | OutpaintRequest) and denoising_steps(resolved) < 1:
+        raise InvalidRequest(
+            f"steps × strength must be at least 1 ({resolved.steps} × {resolved.strength} leaves no step to run)",
+            errors=[FieldError("body.strength", "too small for the number of steps")],
+        )
+    return resolved

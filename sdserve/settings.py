@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     """Lifetime of a signed result URL (1 h by default, 7 days at most)."""
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=3600)
     """How long job records stay in Redis after they are created."""
+    max_body_bytes: int = Field(default=40 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024)
+    """Largest request body the gateway reads (413 beyond); large images go through POST /v1/uploads."""
+    upload_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    """How long an upload id stays usable in new jobs."""
     redis_timeout_seconds: float = Field(default=1.5, gt=0, le=10)
     """Socket timeout for the gateway's Redis calls, so a Redis outage answers 503 instead of hanging."""
 

@@ -55,9 +55,7 @@ class JobTracker:
         data = encode_data(event) if event is not None else ""
         return _text(self._progress(keys=self._keys(job_id), args=[step, total, data]))
 
-    def _end(
-        self, job_id: str, status: JobStatus, event: Mapping[str, Any], fields: Mapping[str, str]
-    ) -> bool:
+    def _end(self, job_id: str, status: JobStatus, event: Mapping[str, Any], fields: Mapping[str, str]) -> bool:
         args: list[str] = [status.value, encode_data(event)]
         for name, value in {"finished_at": repr(time.time()), **fields}.items():
             args += [name, value]
@@ -71,19 +69,19 @@ class JobTracker:
         manifest_key: str,
         timings: Mapping[str, float],
         total: int,
+        mask_key: str | None = None,
     ) -> bool:
         """Mark a job succeeded with its outputs; False if it had already ended."""
-        return self._end(
-            job_id,
-            JobStatus.SUCCEEDED,
-            {"status": "succeeded"},
-            {
-                "images": json.dumps([img.to_json() for img in images], separators=(",", ":")),
-                "manifest": manifest_key,
-                "timings": json.dumps(dict(timings), separators=(",", ":")),
-                "step": str(total),
-            },
-        )
+        fields = {
+            "images": json.dumps([img.to_json() for img in images], separators=(",", ":")),
+            "manifest": manifest_key,
+            "timings": json.dumps(dict(timings), separators=(",", ":")),
+            "step": str(total),
+            "total": str(total),
+        }
+        if mask_key:
+            fields["mask"] = mask_key
+        return self._end(job_id, JobStatus.SUCCEEDED, {"status": "succeeded"}, fields)
 
     def fail(self, job_id: str, error: JobError, timings: Mapping[str, float]) -> bool:
         """Mark a job failed with a problem; False if it had already ended."""

@@ -87,6 +87,7 @@ def settings(redis_url: str, tmp_path: Path, models_cache: Path) -> Settings:
         url_signing_secret="test-secret",  # type: ignore[arg-type]
         heartbeat_seconds=1,
         warmup=False,
+        worker_models=["tiny", "tiny-sdxl"],
         _env_file=None,  # type: ignore[call-arg]
     )
 
@@ -107,9 +108,7 @@ class LiveServer:
         import uvicorn
 
         self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", server_header=False
-        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", server_header=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -158,9 +157,8 @@ def pipelines(models_cache: Path) -> Any:
     return PipelineCache(registry, device, models_cache)
 
 
-@pytest.fixture
-def run_worker(settings: Settings, pipelines: Any, redis_client: redis.Redis) -> Callable[..., Any]:
-    """Run a real worker in this thread until the queues are empty (RQ burst mode)."""
+def run_burst(settings: Settings, connection: redis.Redis, pipelines: Any, name: str | None = None) -> Any:
+    """Run a real worker (on the given warm pipelines) in this thread until its queues are empty."""
     from sdserve.keys import Keys
     from sdserve.store import LocalStore
     from sdserve.tracker import JobTracker
@@ -168,23 +166,30 @@ def run_worker(settings: Settings, pipelines: Any, redis_client: redis.Redis) ->
     from worker.main import make_worker
     from worker.runtime import Runtime
 
-    def run(**overrides: Any) -> Any:
-        runtime = Runtime(
-            settings=settings,
-            registry=pipelines.registry,
-            pipelines=pipelines,
-            store=LocalStore(settings.objects_dir),
-            tracker=JobTracker(redis_client, Keys(settings.key_prefix)),
-            device=pipelines.device,
-            name=overrides.pop("name", f"test-worker-{uuid.uuid4().hex[:6]}"),
-        )
-        jobs.install(runtime)
-        try:
-            worker = make_worker(settings, redis_client, runtime)
-            worker.work(burst=True, logging_level="WARNING")
-            return worker
-        finally:
-            jobs.install(None)
+    runtime = Runtime(
+        settings=settings,
+        registry=pipelines.registry,
+        pipelines=pipelines,
+        store=LocalStore(settings.objects_dir),
+        tracker=JobTracker(connection, Keys(settings.key_prefix)),
+        device=pipelines.device,
+        name=name or f"test-worker-{uuid.uuid4().hex[:6]}",
+    )
+    jobs.install(runtime)
+    try:
+        worker = make_worker(settings, connection, runtime)
+        worker.work(burst=True, logging_level="WARNING")
+        return worker
+    finally:
+        jobs.install(None)
+
+
+@pytest.fixture
+def run_worker(settings: Settings, pipelines: Any, redis_client: redis.Redis) -> Callable[..., Any]:
+    """Run a real worker in this thread until the queues are empty (RQ burst mode)."""
+
+    def run(name: str | None = None) -> Any:
+        return run_burst(settings, redis_client, pipelines, name)
 
     return run
 

@@ -16,82 +16,23 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
-TINY_VERSION = "v1"
+TINY_VERSION = "v3"
 """Bump when the tiny architecture or its generator changes: a new folder is generated."""
 
 # Word pieces the tiny tokenizer merges (the rest falls back to single bytes, as real BPE does).
-_MERGE_WORDS = [
-    "a",
-    "an",
-    "the",
-    "of",
-    "in",
-    "on",
-    "at",
-    "with",
-    "and",
-    "to",
-    "by",
-    "from",
-    "red",
-    "green",
-    "blue",
-    "yellow",
-    "white",
-    "black",
-    "orange",
-    "purple",
-    "pink",
-    "brown",
-    "grey",
-    "gray",
-    "cat",
-    "dog",
-    "fox",
-    "bird",
-    "house",
-    "tree",
-    "sky",
-    "sea",
-    "lighthouse",
-    "dusk",
-    "dawn",
-    "night",
-    "day",
-    "sun",
-    "moon",
-    "star",
-    "circle",
-    "square",
-    "triangle",
-    "ring",
-    "small",
-    "large",
-    "big",
-    "photo",
-    "painting",
-    "portrait",
-    "landscape",
-    "city",
-    "street",
-    "forest",
-    "mountain",
-    "river",
-    "flower",
-    "car",
-    "boat",
-    "snow",
-    "rain",
-    "light",
-    "dark",
-    "detailed",
-    "blurry",
-]
+_MERGE_WORDS = (
+    "a an the of in on at with and to by from red green "
+    "blue yellow white black orange purple pink brown grey gray cat dog fox bird "
+    "house tree sky sea lighthouse dusk dawn night day sun moon star circle square "
+    "triangle ring small large big photo painting portrait landscape city street forest mountain river "
+    "flower car boat snow rain light dark detailed blurry "
+).split()
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -135,39 +76,91 @@ def tiny_tokenizer_files() -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def _build_tiny(target: Path) -> None:
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def _tokenizer(folder: Path) -> Any:
+    from transformers import CLIPTokenizer
 
     vocab, merges = tiny_tokenizer_files()
-    tok_dir = target / "_tok"
-    tok_dir.mkdir(parents=True)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer(
-        vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), model_max_length=77
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
+
+
+def _text_encoder(tokenizer: Any, *, hidden: int, projection: int | None = None) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="quick_gelu" if projection is None else "gelu",
+        projection_dim=projection or hidden,
+    )
+    return CLIPTextModel(config) if projection is None else CLIPTextModelWithProjection(config)
+
+
+def _vae(scaling_factor: float) -> Any:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32, 32, 32),  # four blocks: 8x downsampling, as in SD
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        sample_size=256,
+        scaling_factor=scaling_factor,
+    )
+    # A near-deterministic posterior (log-variance ≈ -20): encoding an image gives its mean, not noise,
+    # as a trained VAE's does, so image-to-image tasks behave like they do with real weights.
+    with torch.no_grad():
+        vae.quant_conv.weight[4:].zero_()
+        vae.quant_conv.bias[4:].fill_(-20.0)
+    return vae
+
+
+def _scheduler() -> Any:
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
     )
 
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
     state = torch.random.get_rng_state()
-    torch.manual_seed(20261125)
+    torch.manual_seed(seed)
     try:
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(vocab),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=vocab["<|startoftext|>"],
-                eos_token_id=vocab["<|endoftext|>"],
-                pad_token_id=vocab["<|endoftext|>"],
-                hidden_act="quick_gelu",
-            )
-        )
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _build_sd1(target: Path, *, in_channels: int) -> None:
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = _tokenizer(target / "_tok")
+    with _seeded(20261125 + in_channels):
+        text_encoder = _text_encoder(tokenizer, hidden=32)
         unet = UNet2DConditionModel(
             sample_size=32,
-            in_channels=4,
+            in_channels=in_channels,  # 9 for a dedicated inpainting UNet: latents, mask, masked-image latents
             out_channels=4,
             block_out_channels=(32, 64, 64),
             layers_per_block=1,
@@ -177,44 +170,77 @@ def _build_tiny(target: Path) -> None:
             attention_head_dim=8,
             norm_num_groups=8,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(16, 32, 32, 32),
-            layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            norm_num_groups=8,
-            sample_size=256,
-            scaling_factor=0.18215,
-        )
-    finally:
-        torch.random.set_rng_state(state)
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
-    )
-    pipe = StableDiffusionPipeline(
+        vae = _vae(0.18215)
+    cls = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
+    pipe = cls(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(target, safe_serialization=True)
-    shutil.rmtree(tok_dir)
+    shutil.rmtree(target / "_tok")
 
 
-BUILDERS: dict[str, tuple[str, Callable[[Path], None]]] = {"tiny": (TINY_VERSION, _build_tiny)}
+def _build_tiny(target: Path) -> None:
+    _build_sd1(target, in_channels=4)
+
+
+def _build_tiny_inpaint(target: Path) -> None:
+    _build_sd1(target, in_channels=9)
+
+
+def _build_tiny_sdxl(target: Path) -> None:
+    """SDXL's architecture in small: two text encoders (the second with a projection), pooled text
+    embeddings and size/crop conditioning added to the time embedding (``text_time``)."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer = _tokenizer(target / "_tok")
+    time_embed = 8
+    with _seeded(20261126):
+        text_encoder = _text_encoder(tokenizer, hidden=32)
+        text_encoder_2 = _text_encoder(tokenizer, hidden=32, projection=32)
+        unet = UNet2DConditionModel(
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 1, 2),
+            attention_head_dim=(2, 4, 4),
+            use_linear_projection=True,
+            cross_attention_dim=64,  # both encoders' hidden states side by side
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_embed,
+            projection_class_embeddings_input_dim=32 + 6 * time_embed,  # pooled text + 6 size/crop numbers
+            norm_num_groups=8,
+        )
+        vae = _vae(0.13025)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(target, safe_serialization=True)
+    shutil.rmtree(target / "_tok")
+
+
+BUILDERS: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "tiny": (TINY_VERSION, _build_tiny),
+    "tiny-inpaint": (TINY_VERSION, _build_tiny_inpaint),
+    "tiny-sdxl": (TINY_VERSION, _build_tiny_sdxl),
+}
 
 
 @contextmanager

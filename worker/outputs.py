@@ -50,9 +50,7 @@ def encode_image(image: Image.Image, options: OutputOptions, text: dict[str, str
         exif = Image.Exif()
         exif[0x010E] = text.get("parameters", "")  # ImageDescription
         rgb = image.convert("RGB")
-        rgb.save(
-            buffer, format="JPEG" if options.format == "jpeg" else "WEBP", quality=options.quality, exif=exif
-        )
+        rgb.save(buffer, format="JPEG" if options.format == "jpeg" else "WEBP", quality=options.quality, exif=exif)
     return buffer.getvalue()
 
 
@@ -105,6 +103,15 @@ def write_outputs(
             )
         )
     return stored, digests
+
+
+def write_mask(store: ObjectStore, job_id: str, mask: Image.Image) -> str:
+    """Store the final mask a job used (``return_mask``); returns its key."""
+    buffer = io.BytesIO()
+    mask.convert("L").save(buffer, format="PNG", compress_level=4)
+    key = output_key(job_id, "mask.png")
+    store.put(key, buffer.getvalue(), "image/png")
+    return key
 
 
 def write_manifest(store: ObjectStore, job_id: str, manifest: dict[str, Any]) -> str:

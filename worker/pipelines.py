@@ -7,20 +7,40 @@ light per-job view with its own scheduler (``view``), which shares every weight 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from PIL import Image
 
-from sdserve.registry import ModelSpec, Registry
+from sdserve.registry import Family, ModelSpec, Registry
 from worker.builtin import ensure_builtin
 from worker.device import DeviceConfig
 from worker.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
+
+
+Kind = Literal["txt2img", "img2img", "inpaint"]
+
+
+def pipeline_class(family: Family, kind: Kind) -> Any:
+    """The diffusers pipeline class for a model family and a kind of work."""
+    import diffusers
+
+    names = {
+        ("sd1", "txt2img"): "StableDiffusionPipeline",
+        ("sd1", "img2img"): "StableDiffusionImg2ImgPipeline",
+        ("sd1", "inpaint"): "StableDiffusionInpaintPipeline",
+        ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
+        ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
+        ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
+    }
+    return getattr(diffusers, names[(family, kind)])
 
 
 @dataclass
@@ -31,20 +51,25 @@ class LoadedModel:
     pipe: Any
     path: str
     load_seconds: float
+    _derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def view(self, scheduler: str) -> Any:
-        """A pipeline sharing the base's weights with a fresh scheduler of its own."""
-        components = dict(self.pipe.components)
-        components["scheduler"] = make_scheduler(scheduler, self.pipe.scheduler.config)
-        view = type(self.pipe)(**components)
+    def view(self, scheduler: str, kind: Kind = "txt2img") -> Any:
+        """A pipeline of the given kind sharing every weight of the base, with a fresh scheduler.
+
+        img2img and inpaint pipelines are derived with ``from_pipe``: no weight is loaded or copied.
+        """
+        derived = self._derived.get(kind)
+        if derived is None:
+            cls = pipeline_class(self.spec.family, kind)
+            derived = self.pipe if type(self.pipe) is cls else cls.from_pipe(self.pipe)
+            self._derived[kind] = derived
+        fresh = make_scheduler(scheduler, self.pipe.scheduler.config)
+        cls = type(derived)
+        accepted = inspect.signature(cls.__init__).parameters
+        options = {k: v for k, v in derived.config.items() if k in accepted and k not in derived.components}
+        view = cls(**{**derived.components, **options, "scheduler": fresh})
         view.set_progress_bar_config(disable=True)
         return view
-
-
-def _pipeline_class(spec: ModelSpec) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if spec.family == "sdxl" else StableDiffusionPipeline
 
 
 class PipelineCache:
@@ -71,7 +96,7 @@ class PipelineCache:
             return loaded
         spec = self.registry.model(name)
         source = self.resolve_source(spec)
-        cls = _pipeline_class(spec)
+        cls = pipeline_class(spec.family, "inpaint" if spec.inpainting else "txt2img")
         started = time.perf_counter()
         kwargs: dict[str, Any] = {"dtype": self.device.dtype}
         if source.endswith(".safetensors"):
@@ -96,13 +121,18 @@ class PipelineCache:
         """Load a model and run one small generation through it; returns the seconds it took."""
         started = time.perf_counter()
         loaded = self.load(name)
-        pipe = loaded.view(loaded.spec.default_scheduler)
-        pipe(
+        size = 64 if loaded.spec.family == "sd1" else 128
+        kind: Kind = "inpaint" if loaded.spec.inpainting else "txt2img"
+        extra: dict[str, Any] = {}
+        if kind == "inpaint":
+            extra = {"image": Image.new("RGB", (size, size)), "mask_image": Image.new("L", (size, size), 255)}
+        loaded.view(loaded.spec.default_scheduler, kind)(
             prompt="warm-up",
-            width=64 if loaded.spec.family == "sd1" else 128,
-            height=64 if loaded.spec.family == "sd1" else 128,
+            width=size,
+            height=size,
             num_inference_steps=2,
             output_type="latent",
             generator=torch.Generator("cpu").manual_seed(0),
+            **extra,
         )
         return time.perf_counter() - started

@@ -37,8 +37,11 @@ class StepReporter:
         if state != "ok":
             raise JobCanceled(f"job {self.job_id} stopped at step {step}: {state}")
 
-    def __call__(
-        self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
+    def __call__(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        # The pipeline knows the true count: image tasks run steps × strength of them, and
+        # second-order schedulers (heun) evaluate the model twice per step.
+        total = getattr(pipe, "_num_timesteps", None)
+        if isinstance(total, int) and total > 0:
+            self.total = total
         self.report(step_index + 1)
         return callback_kwargs

@@ -20,20 +20,23 @@ from sdserve.records import JobRecord
 from sdserve.registry import Registry
 from sdserve.settings import Settings
 from sdserve.store import ObjectStore
-from sdserve.tasks import Txt2ImgRequest
+from sdserve.tasks import REQUEST_MODELS
 from sdserve.tracker import JobTracker
 from worker.device import DeviceConfig
-from worker.outputs import library_versions, write_manifest, write_outputs
+from worker.outputs import library_versions, write_manifest, write_mask, write_outputs
 from worker.pipelines import PipelineCache
 from worker.progress import StepReporter
-from worker.tasks import txt2img
+from worker.tasks import img2img, inpaint, outpaint, txt2img
 from worker.tasks.base import TaskContext, TaskOutput
 
 log = logging.getLogger(__name__)
 
 Recipe = Callable[[TaskContext, Any], TaskOutput]
 TASKS: dict[str, tuple[type[BaseModel], Recipe]] = {
-    "txt2img": (Txt2ImgRequest, txt2img.run),
+    "txt2img": (REQUEST_MODELS["txt2img"], txt2img.run),
+    "img2img": (REQUEST_MODELS["img2img"], img2img.run),
+    "inpaint": (REQUEST_MODELS["inpaint"], inpaint.run),
+    "outpaint": (REQUEST_MODELS["outpaint"], outpaint.run),
 }
 
 
@@ -108,9 +111,15 @@ class Runtime:
         request_model, recipe = TASKS[record.task]
         request: Any = request_model.model_validate(record.request)
         model = self.pipelines.load(request.model)
-        reporter = StepReporter(self.tracker, record.id, request.steps)
+        reporter = StepReporter(self.tracker, record.id, record.total or request.steps)
+        inputs = record.inputs
         ctx = TaskContext(
-            job_id=record.id, model=model, registry=self.registry, reporter=reporter, timings=timings
+            job_id=record.id,
+            model=model,
+            registry=self.registry,
+            reporter=reporter,
+            read_input=lambda name: self.store.get(inputs[name]),
+            timings=timings,
         )
 
         # 3. Run the task's recipe.
@@ -123,6 +132,7 @@ class Runtime:
             str(output.details.get("negative_prompt", "")),
         )
         stored, digests = write_outputs(self.store, record.id, request, output.images, prompts)
+        mask_key = write_mask(self.store, record.id, output.mask) if output.mask is not None else None
         finished = time.time()
         timings["run_ms"] = (finished - started) * 1000
         timings["total_ms"] = (finished - record.created_at) * 1000
@@ -132,9 +142,9 @@ class Runtime:
             "model": {"name": model.spec.name, "family": model.spec.family, "source": model.spec.source},
             "request": request.model_dump(mode="json", exclude={"webhook"}),
             "effective": output.details,
-            "images": [
-                {**img.to_json(), "sha256": digest} for img, digest in zip(stored, digests, strict=True)
-            ],
+            "images": [{**img.to_json(), "sha256": digest} for img, digest in zip(stored, digests, strict=True)],
+            "inputs": inputs,
+            "mask": mask_key,
             "worker": {"name": self.name, "device": self.device.describe()},
             "versions": library_versions(),
             "created_at": _iso(record.created_at),
@@ -146,6 +156,11 @@ class Runtime:
 
         # 5. Mark it succeeded (a no-op if the job ended meanwhile, e.g. canceled at the last step).
         if not self.tracker.succeed(
-            record.id, images=stored, manifest_key=manifest_key, timings=timings, total=request.steps
+            record.id,
+            images=stored,
+            manifest_key=manifest_key,
+            timings=timings,
+            total=reporter.total,
+            mask_key=mask_key,
         ):
             log.info("job %s ended elsewhere before it could succeed", record.id)

@@ -107,9 +107,7 @@ async def list_models(registry: RegistryDep, queue: QueueDep) -> ModelList:
     workers = await queue.live_workers()
     data = []
     for spec in registry.models.values():
-        serving = [
-            name for name, info in workers.items() if spec.name in json.loads(info.get("models", "[]"))
-        ]
+        serving = [name for name, info in workers.items() if spec.name in json.loads(info.get("models", "[]"))]
         warm = any(workers[name].get("ready") == "1" for name in serving)
         data.append(
             ModelInfo(
@@ -129,9 +127,7 @@ async def list_models(registry: RegistryDep, queue: QueueDep) -> ModelList:
     return ModelList(data=data)
 
 
-@router.get(
-    "/schedulers", response_model=SchedulerList, operation_id="listSchedulers", summary="List schedulers"
-)
+@router.get("/schedulers", response_model=SchedulerList, operation_id="listSchedulers", summary="List schedulers")
 async def list_schedulers(registry: RegistryDep) -> SchedulerList:
     """Scheduler (sampler) names a request may use."""
     return SchedulerList(data=list(registry.schedulers()))
@@ -142,7 +138,6 @@ async def list_styles(registry: RegistryDep) -> StyleList:
     """Style presets: each wraps the prompt and negative prompt."""
     return StyleList(
         data=[
-            StyleInfo(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
-            for s in registry.styles.values()
+            StyleInfo(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt) for s in registry.styles.values()
         ]
     )

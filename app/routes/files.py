@@ -35,9 +35,7 @@ async def get_file(
         PathParam(description="Object key.", examples=["outputs/01a2141e-8035-722a-ae56-08d956773a95/0.png"]),
     ],
     store: StoreDep,
-    expires: Annotated[
-        int, Query(description="Expiry (Unix seconds), from the signed URL.", examples=[1795637473])
-    ],
+    expires: Annotated[int, Query(description="Expiry (Unix seconds), from the signed URL.", examples=[1795637473])],
     signature: Annotated[
         str, Query(max_length=128, description="HMAC signature, from the signed URL.", examples=["101b7aa3"])
     ],
@@ -52,6 +50,4 @@ async def get_file(
     if not path.is_file():
         raise NotFound("no such file")
     media_type = _TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
-    return FileResponse(
-        path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600, immutable"}
-    )
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600, immutable"})

@@ -27,11 +27,7 @@ JobId = Annotated[
     "expiring URL per image (fetch the job again for fresh URLs).",
     responses=problem_responses(404, 503),
 )
-async def get_job(
-    job_id: JobId, queue: QueueDep, store: StoreDep, settings: SettingsDep, base_url: BaseUrlDep
-) -> Job:
+async def get_job(job_id: JobId, queue: QueueDep, store: StoreDep, settings: SettingsDep, base_url: BaseUrlDep) -> Job:
     record = await queue.get(job_id)
     position = await queue.position(record)
-    return job_view(
-        record, position=position, store=store, base_url=base_url, url_ttl=settings.url_ttl_seconds
-    )
+    return job_view(record, position=position, store=store, base_url=base_url, url_ttl=settings.url_ttl_seconds)

@@ -26,6 +26,18 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
         "A model, scheduler, style or LoRA that the registry does not "
         "have. GET /v1/models, /v1/schedulers, /v1/styles or /v1/loras list the valid names.",
     ),
+    "invalid-image": (
+        422,
+        "The image is invalid",
+        "An input image or mask that cannot be used: not PNG, JPEG "
+        "or WEBP, corrupt or truncated, over the size limits, a mask of another size than its "
+        "image, or a mask with nothing to repaint. `errors` names the field.",
+    ),
+    "payload-too-large": (
+        413,
+        "Request body too large",
+        "The body is over the gateway's limit. Send large images through POST /v1/uploads and refer to them by id.",
+    ),
     "not-found": (404, "Not found", "No such job or file, or it has expired."),
     "forbidden": (
         403,

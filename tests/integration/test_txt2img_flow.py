@@ -114,9 +114,7 @@ def test_each_image_reports_its_own_seed_and_reproduces_alone(client: httpx.Clie
     run_worker()
     a = np.asarray(Image.open(io.BytesIO(fetch(done["images"][2]["url"]).content)).convert("RGB"), dtype=int)
     b = np.asarray(
-        Image.open(io.BytesIO(fetch(get_job(client, alone["id"])["images"][0]["url"]).content)).convert(
-            "RGB"
-        ),
+        Image.open(io.BytesIO(fetch(get_job(client, alone["id"])["images"][0]["url"]).content)).convert("RGB"),
         dtype=int,
     )
     assert np.abs(a - b).max() <= 2
@@ -168,10 +166,7 @@ def test_styles_wrap_the_prompt(client: httpx.Client, run_worker: Any) -> None:
 def test_every_scheduler_runs(client: httpx.Client, run_worker: Any) -> None:
     names = client.get("/v1/schedulers").json()["data"]
     assert {"euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "lcm"} <= set(names)
-    ids = {
-        n: submit(client, {**BODY, "width": 64, "height": 64, "steps": 3, "scheduler": n})["id"]
-        for n in names
-    }
+    ids = {n: submit(client, {**BODY, "width": 64, "height": 64, "steps": 3, "scheduler": n})["id"] for n in names}
     run_worker()
     for name, job_id in ids.items():
         done = get_job(client, job_id)

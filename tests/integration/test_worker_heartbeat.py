@@ -31,9 +31,7 @@ def test_heartbeats_while_a_job_runs(
     samples: list[tuple[float, float, bytes | None]] = []
 
     def sample(job_id: str, worker_name: str) -> None:
-        registry = StartedJobRegistry(
-            keys.queue_name("tiny"), connection=redis_client, serializer=JSONSerializer
-        )
+        registry = StartedJobRegistry(keys.queue_name("tiny"), connection=redis_client, serializer=JSONSerializer)
         scores = dict(redis_client.zrange(registry.key, 0, -1, withscores=True))
         expiry = max(scores.values())
         seen = float(redis_client.hget(keys.worker(worker_name), "seen_at") or 0)
@@ -47,9 +45,7 @@ def test_heartbeats_while_a_job_runs(
 
     runtime_name = ["hb-worker"]
     monkeypatch.setitem(runtime.TASKS, "txt2img", (cls, slow))
-    job_id = client.post("/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 2}).json()[
-        "id"
-    ]
+    job_id = client.post("/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 2}).json()["id"]
     run_worker(name="hb-worker")
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
     (exp0, seen0, beat0), (exp1, seen1, beat1) = samples

@@ -49,9 +49,7 @@ def _has_example(doc: dict[str, Any], schema: dict[str, Any]) -> bool:
 
 def test_every_operation_has_an_example(document: dict[str, Any]) -> None:
     for path, method, op in operations(document):
-        found = any(
-            p.get("examples") or p.get("schema", {}).get("examples") for p in op.get("parameters", [])
-        )
+        found = any(p.get("examples") or p.get("schema", {}).get("examples") for p in op.get("parameters", []))
         body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
         found = found or (body is not None and _has_example(document, body))
         for response in op["responses"].values():

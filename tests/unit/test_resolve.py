@@ -25,9 +25,7 @@ def test_defaults_come_from_the_model() -> None:
 
 def test_explicit_values_win_and_random_seeds_differ() -> None:
     reg = Registry.load(None)
-    req = Txt2ImgRequest(
-        prompt="a", width=64, height=128, steps=3, guidance_scale=0, scheduler="ddim", seed=0
-    )
+    req = Txt2ImgRequest(prompt="a", width=64, height=128, steps=3, guidance_scale=0, scheduler="ddim", seed=0)
     out = resolve_request(req, reg)
     assert (out.width, out.height, out.steps, out.guidance_scale, out.scheduler, out.seed) == (
         64,

@@ -1,24 +1,39 @@
-"""What a task recipe receives and returns."""
+"""What a task recipe receives and returns, and the denoise-then-decode step they all share."""
 
 from __future__ import annotations
 
+import io
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
+from PIL import Image
+
+from sdserve.params import GenerationParams
 from sdserve.registry import Registry
-from worker.generation import GeneratedImage
-from worker.pipelines import LoadedModel
+from worker.generation import GeneratedImage, decode_latents, generators, image_seeds, styled_prompts
+from worker.pipelines import Kind, LoadedModel
 from worker.progress import StepReporter
 
 
 @dataclass
 class TaskContext:
-    """Everything a recipe may use: the warm model, the registry, progress, and a timing sheet."""
+    """Everything a recipe may use: the warm model, the registry, its inputs, progress, a timing sheet."""
 
     job_id: str
     model: LoadedModel
     registry: Registry
     reporter: StepReporter
+    read_input: Callable[[str], bytes] = field(default=lambda name: b"")
     timings: dict[str, float] = field(default_factory=dict)
+
+    def input_image(self, name: str) -> Image.Image:
+        """One of the job's stored inputs (checked and normalised by the gateway: RGB, RGBA or L)."""
+        image = Image.open(io.BytesIO(self.read_input(name)))
+        image.load()
+        return image
 
 
 @dataclass
@@ -27,3 +42,53 @@ class TaskOutput:
 
     images: list[GeneratedImage]
     details: dict[str, object] = field(default_factory=dict)
+    mask: Image.Image | None = None
+
+
+@torch.inference_mode()
+def generate(
+    ctx: TaskContext, params: GenerationParams, kind: Kind, **inputs: Any
+) -> tuple[list[Image.Image], dict[str, object]]:
+    """Denoise (reporting every step) and decode: the part every task shares.
+
+    ``inputs`` go to the pipeline as they are (``image``, ``mask_image``, ``strength``, ``width``, ...).
+    Returns the decoded images, one per seed, and the prompts and scheduler that were used.
+    """
+    assert params.seed is not None and params.steps and params.scheduler and params.guidance_scale is not None
+    prompt, negative = styled_prompts(params, ctx.registry)
+    seeds = image_seeds(params.seed, params.num_images)
+
+    started = time.perf_counter()
+    pipe = ctx.model.view(params.scheduler, kind)
+    ctx.timings["load_ms"] = ctx.timings.get("load_ms", 0.0) + (time.perf_counter() - started) * 1000
+
+    started = time.perf_counter()
+    latents = pipe(
+        prompt=prompt,
+        negative_prompt=negative or None,
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        num_images_per_prompt=params.num_images,
+        generator=generators(seeds),
+        output_type="latent",
+        callback_on_step_end=ctx.reporter,
+        **inputs,
+    ).images
+    ctx.timings["inference_ms"] = ctx.timings.get("inference_ms", 0.0) + (time.perf_counter() - started) * 1000
+
+    started = time.perf_counter()
+    images = decode_latents(pipe, latents, upcast=ctx.model.spec.family == "sdxl")
+    ctx.timings["decode_ms"] = ctx.timings.get("decode_ms", 0.0) + (time.perf_counter() - started) * 1000
+    details: dict[str, object] = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "scheduler_class": type(pipe.scheduler).__name__,
+        "pipeline_class": type(pipe).__name__,
+        "seeds": seeds,
+    }
+    return images, details
+
+
+def numbered(images: list[Image.Image], seeds: list[int]) -> list[GeneratedImage]:
+    """Pair images with their seeds and positions."""
+    return [GeneratedImage(index=i, seed=s, image=img) for i, (s, img) in enumerate(zip(seeds, images, strict=True))]

@@ -1,0 +1,42 @@
+"""Accept a job of any task: check, resolve inputs and defaults, store and enqueue."""
+
+from __future__ import annotations
+
+from app.inputs import check_inputs
+from app.state import GatewayState
+from sdserve.queue import new_job_id
+from sdserve.records import JobRecord
+from sdserve.resolve import check_request, denoising_steps, resolve_request
+from sdserve.tasks import Img2ImgRequest, InpaintRequest, JobRequest, OutpaintRequest
+
+
+async def create_job(
+    request: JobRequest, *, state: GatewayState, owner: str | None = None, request_id: str | None = None
+) -> JobRecord:
+    """Everything between a validated body and a queued job.
+
+    Cheap checks (names, model capabilities) come first; images are decoded and checked only then;
+    nothing is stored for a request that is refused.
+    """
+    check_request(request, state.registry)
+    job_id = new_job_id()
+    inputs: dict[str, str] = {}
+    if isinstance(request, Img2ImgRequest | InpaintRequest | OutpaintRequest):
+        checked = await check_inputs(request, uploads=state.uploads)
+        resolved = resolve_request(request, state.registry, checked.image_size)  # refuse before storing
+        stored = await checked.store(job_id=job_id, uploads=state.uploads, owner=owner)
+        update: dict[str, object] = {"image": stored.image.id}
+        if stored.mask is not None:
+            update["mask"] = stored.mask.id
+        resolved = resolved.model_copy(update=update)
+        inputs = stored.keys()
+    else:
+        resolved = resolve_request(request, state.registry)
+    return await state.queue.submit(
+        resolved,
+        job_id=job_id,
+        total_steps=denoising_steps(resolved),
+        inputs=inputs,
+        owner=owner,
+        request_id=request_id,
+    )
