@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.inputs import check_inputs
 from app.state import GatewayState
+from sdserve.errors import ModelUnavailable
 from sdserve.queue import new_job_id
 from sdserve.records import JobRecord
 from sdserve.resolve import check_request, denoising_steps, resolve_request
@@ -18,7 +19,15 @@ async def create_job(
     Cheap checks (names, model capabilities) come first; images are decoded and checked only then;
     nothing is stored for a request that is refused.
     """
-    check_request(request, state.registry)
+    spec = check_request(request, state.registry)
+    settings = state.settings
+    if settings.unserved_models == "refuse" and spec.name not in await state.queue.served_models(
+        settings.served_model_ttl_seconds
+    ):
+        raise ModelUnavailable(
+            f"no worker serves model {spec.name!r}; GET /v1/models shows which models live workers serve",
+            retry_after=30,
+        )
     job_id = new_job_id()
     inputs: dict[str, str] = {}
     if isinstance(request, Img2ImgRequest | InpaintRequest | OutpaintRequest):

@@ -51,7 +51,11 @@ class Timings(BaseModel):
     """Where a job's time went, in milliseconds."""
 
     queued_ms: float | None = Field(default=None, description="From acceptance to a worker starting it.")
-    load_ms: float | None = Field(default=None, description="Pipeline (and adapter) preparation.")
+    model_load_ms: float | None = Field(
+        default=None, description="Fetching the model on the worker (≈0 when warm; a load when it was not resident)."
+    )
+    adapters_ms: float | None = Field(default=None, description="Loading (if needed) and activating LoRA adapters.")
+    load_ms: float | None = Field(default=None, description="Preparing the pipeline (scheduler, derived pipeline).")
     inference_ms: float | None = Field(default=None, description="Text encoding and denoising.")
     decode_ms: float | None = Field(default=None, description="VAE decode and image encoding.")
     upload_ms: float | None = Field(default=None, description="Writing outputs to the object store.")

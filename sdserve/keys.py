@@ -40,6 +40,10 @@ class Keys:
         """Sorted set: live worker names scored by their last heartbeat."""
         return f"{self.prefix}:workers"
 
+    def served_models(self) -> str:
+        """Sorted set: every model a worker has served, scored by when it was last seen serving it."""
+        return f"{self.prefix}:models:served"
+
     def worker(self, name: str) -> str:
         """Hash: what one worker serves and whether it is ready (expires without heartbeats)."""
         return f"{self.prefix}:worker:{name}"

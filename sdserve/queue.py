@@ -97,6 +97,7 @@ class JobQueue:
         self._job_ttl = job_ttl
         self._job_timeout = job_timeout
         self._server_version: tuple[int, int, int] | None = None
+        self._served_cache: tuple[float, set[str]] | None = None
 
     async def _queue(self, model: str) -> Queue:
         queue = self._queues.get(model)
@@ -187,6 +188,14 @@ class JobQueue:
     async def queue_depth(self, model: str) -> int:
         """Jobs waiting in a model's queue."""
         return int(await self.redis.llen((await self._queue(model)).key))
+
+    async def served_models(self, ttl: float) -> set[str]:
+        """Models some worker has served within ``ttl`` seconds (cached for a second)."""
+        now = time.monotonic()
+        if self._served_cache is None or now - self._served_cache[0] > 1.0:
+            names = await self.redis.zrangebyscore(self.keys.served_models(), time.time() - ttl, "+inf")
+            self._served_cache = (now, {n.decode() if isinstance(n, bytes) else str(n) for n in names})
+        return self._served_cache[1]
 
     async def live_workers(self) -> dict[str, dict[str, str]]:
         """Workers whose heartbeat is recent, with what they serve."""

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sdserve.errors import InvalidRequest, UnknownName
 from sdserve.limits import SCHEDULER_NAMES, SchedulerName
+from sdserve.styles import BUILTIN_STYLES, StylePreset
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -61,29 +62,101 @@ class ModelSpec(BaseModel):
         return value
 
 
-class StylePreset(BaseModel):
-    """A named wrapper around the prompt and negative prompt."""
+def _check_name(kind: str, value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(f"invalid {kind} name {value!r}")
+    return value
+
+
+def _check_file(value: str) -> str:
+    if not value.startswith("builtin:") and not value.endswith(".safetensors"):
+        raise ValueError("adapters and embeddings are loaded from .safetensors files only")
+    return value
+
+
+class LoraSpec(BaseModel):
+    """A LoRA adapter: a .safetensors file (diffusers/PEFT or kohya/A1111 key layout)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    prompt: str = Field(description="Template; `{prompt}` is replaced by the request's prompt.")
-    negative_prompt: str = ""
+    file: str = Field(description="Path of a .safetensors file, or `builtin:<name>`.")
+    family: Family = Field(description="The model family the adapter was trained for.")
+    base_models: list[str] = Field(
+        default_factory=list, description="Models it fits (empty: every model of its family)."
+    )
+    default_scale: float = Field(default=1.0, ge=-2.0, le=2.0)
+    trigger_words: list[str] = Field(default_factory=list, description="Words that call up what it learned.")
     description: str = ""
 
-    @field_validator("prompt")
-    @classmethod
-    def _has_placeholder(cls, value: str) -> str:
-        if "{prompt}" not in value:
-            raise ValueError("a style prompt must contain {prompt}")
-        return value
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name("LoRA", v)))
+    _file = field_validator("file")(classmethod(lambda cls, v: _check_file(v)))
 
-    def apply(self, prompt: str, negative_prompt: str) -> tuple[str, str]:
-        """Wrap a request's prompts in this style."""
-        styled = self.prompt.replace("{prompt}", prompt)
-        negative = ", ".join(part for part in (negative_prompt, self.negative_prompt) if part)
-        return styled, negative
+    def fits(self, model: ModelSpec) -> bool:
+        """Whether the adapter can be applied to a model."""
+        return self.family == model.family and (not self.base_models or model.name in self.base_models)
 
+
+class EmbeddingSpec(BaseModel):
+    """A textual-inversion embedding, used by writing its token in the prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    file: str = Field(description="Path of a .safetensors file, or `builtin:<name>`.")
+    token: str = Field(pattern=r"^<[a-z0-9][a-z0-9._-]{0,62}>$", description="Write this in a prompt to use it.")
+    family: Family
+    base_models: list[str] = Field(default_factory=list, description="Models it fits (empty: the whole family).")
+    description: str = ""
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name("embedding", v)))
+    _file = field_validator("file")(classmethod(lambda cls, v: _check_file(v)))
+
+    def fits(self, model: ModelSpec) -> bool:
+        return self.family == model.family and (not self.base_models or model.name in self.base_models)
+
+
+BUILTIN_LORAS: dict[str, LoraSpec] = {
+    spec.name: spec
+    for spec in (
+        LoraSpec(
+            name="tiny-detail",
+            file="builtin:tiny-detail",
+            family="sd1",
+            base_models=["tiny"],
+            default_scale=1.0,
+            trigger_words=["detailed"],
+            description="Demo LoRA for `tiny` (random weights, diffusers/PEFT layout): changes what tiny draws.",
+        ),
+        LoraSpec(
+            name="tiny-kohya",
+            file="builtin:tiny-kohya",
+            family="sd1",
+            base_models=["tiny"],
+            default_scale=0.8,
+            description="Demo LoRA for `tiny` in the kohya/A1111 key layout.",
+        ),
+        LoraSpec(
+            name="tiny-sdxl-detail",
+            file="builtin:tiny-sdxl-detail",
+            family="sdxl",
+            base_models=["tiny-sdxl"],
+            default_scale=1.0,
+            description="Demo LoRA for `tiny-sdxl` (random weights, diffusers/PEFT layout).",
+        ),
+    )
+}
+
+BUILTIN_EMBEDDINGS: dict[str, EmbeddingSpec] = {
+    "tiny-sparkle": EmbeddingSpec(
+        name="tiny-sparkle",
+        file="builtin:tiny-sparkle",
+        token="<tiny-sparkle>",  # noqa: S106 - a prompt token, not a secret
+        family="sd1",
+        base_models=["tiny"],
+        description="Demo textual-inversion embedding for `tiny`: write <tiny-sparkle> in the prompt.",
+    )
+}
 
 BUILTIN_MODELS: dict[str, ModelSpec] = {
     "tiny": ModelSpec(
@@ -110,73 +183,6 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
     ),
 }
 
-_NEG = "lowres, blurry, jpeg artifacts, watermark, text"
-BUILTIN_STYLES: dict[str, StylePreset] = {
-    s.name: s
-    for s in (
-        StylePreset(
-            name="photographic",
-            prompt="cinematic photo of {prompt}, 35mm photograph, film grain, bokeh, professional, highly detailed",
-            negative_prompt=f"drawing, painting, anime, {_NEG}",
-        ),
-        StylePreset(
-            name="cinematic",
-            prompt="cinematic film still of {prompt}, shallow depth of field, vignette, highly detailed, moody, epic",
-            negative_prompt=f"cartoon, painting, {_NEG}",
-        ),
-        StylePreset(
-            name="anime",
-            prompt="anime artwork of {prompt}, anime style, key visual, vibrant, studio anime, highly detailed",
-            negative_prompt=f"photo, realistic, {_NEG}",
-        ),
-        StylePreset(
-            name="digital-art",
-            prompt="concept art of {prompt}, digital artwork, illustrative, painterly, matte painting, highly detailed",
-            negative_prompt=f"photo, realistic, {_NEG}",
-        ),
-        StylePreset(
-            name="pixel-art",
-            prompt="pixel-art {prompt}, low-res, blocky, pixel art style, 8-bit graphics",
-            negative_prompt=f"smooth, realistic, photographic, {_NEG}",
-        ),
-        StylePreset(
-            name="comic-book",
-            prompt="comic book panel of {prompt}, graphic illustration, comic art, bold lines, vibrant",
-            negative_prompt=f"photograph, realistic, {_NEG}",
-        ),
-        StylePreset(
-            name="fantasy-art",
-            prompt="ethereal fantasy concept art of {prompt}, magnificent, celestial, painterly, epic",
-            negative_prompt=f"photographic, realistic, {_NEG}",
-        ),
-        StylePreset(
-            name="line-art",
-            prompt="line art drawing of {prompt}, professional, sleek, modern, minimalist, graphic, vector",
-            negative_prompt=f"photo, colorful, shading, {_NEG}",
-        ),
-        StylePreset(
-            name="isometric",
-            prompt="isometric style {prompt}, vibrant, beautiful, crisp, detailed, ultra detailed, intricate",
-            negative_prompt=f"deformed, perspective, {_NEG}",
-        ),
-        StylePreset(
-            name="watercolor",
-            prompt="watercolor painting of {prompt}, vibrant, beautiful, painterly, detailed, textural, artistic",
-            negative_prompt=f"photo, anime, {_NEG}",
-        ),
-        StylePreset(
-            name="3d-model",
-            prompt="professional 3d model of {prompt}, octane render, highly detailed, volumetric, dramatic lighting",
-            negative_prompt=f"painting, sketch, {_NEG}",
-        ),
-        StylePreset(
-            name="neon-punk",
-            prompt="neonpunk style {prompt}, cyberpunk, vaporwave, neon, vibes, vibrant, stunningly beautiful, crisp",
-            negative_prompt=f"painting, drawing, {_NEG}",
-        ),
-    )
-}
-
 
 class RegistryFile(BaseModel):
     """The TOML file's shape."""
@@ -186,6 +192,8 @@ class RegistryFile(BaseModel):
     include_builtin: bool = True
     default_model: str | None = None
     models: dict[str, dict[str, object]] = Field(default_factory=dict)
+    loras: dict[str, dict[str, object]] = Field(default_factory=dict)
+    embeddings: dict[str, dict[str, object]] = Field(default_factory=dict)
     styles: dict[str, dict[str, object]] = Field(default_factory=dict)
 
 
@@ -197,12 +205,16 @@ class Registry:
         models: dict[str, ModelSpec],
         styles: dict[str, StylePreset],
         default_model: str,
+        loras: dict[str, LoraSpec] | None = None,
+        embeddings: dict[str, EmbeddingSpec] | None = None,
     ) -> None:
         if default_model not in models:
             raise InvalidRequest(f"default model {default_model!r} is not in the registry")
         self.models = models
         self.styles = styles
         self.default_model = default_model
+        self.loras = loras if loras is not None else dict(BUILTIN_LORAS)
+        self.embeddings = embeddings if embeddings is not None else dict(BUILTIN_EMBEDDINGS)
 
     @classmethod
     def load(cls, path: Path | None, default_model: str = "tiny") -> Registry:
@@ -212,18 +224,28 @@ class Registry:
         try:
             raw = tomllib.loads(path.read_text())
             parsed = RegistryFile.model_validate(raw)
-            models = dict(BUILTIN_MODELS) if parsed.include_builtin else {}
-            styles = dict(BUILTIN_STYLES) if parsed.include_builtin else {}
+            builtin = parsed.include_builtin
+            models = dict(BUILTIN_MODELS) if builtin else {}
+            styles = dict(BUILTIN_STYLES) if builtin else {}
+            loras = dict(BUILTIN_LORAS) if builtin else {}
+            embeddings = dict(BUILTIN_EMBEDDINGS) if builtin else {}
             for name, fields in parsed.models.items():
                 models[name] = ModelSpec.model_validate({**fields, "name": name})
             for name, fields in parsed.styles.items():
                 styles[name] = StylePreset.model_validate({**fields, "name": name})
+            for name, fields in parsed.loras.items():
+                loras[name] = LoraSpec.model_validate({**fields, "name": name})
+            for name, fields in parsed.embeddings.items():
+                embeddings[name] = EmbeddingSpec.model_validate({**fields, "name": name})
         except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
             raise InvalidRequest(f"registry file {path}: {exc}") from exc
         bad = [n for n in styles if not NAME_PATTERN.fullmatch(n)]
         if bad:
             raise InvalidRequest(f"registry file {path}: invalid style names {bad}")
-        return cls(models, styles, parsed.default_model or default_model)
+        tokens = [e.token for e in embeddings.values()]
+        if len(tokens) != len(set(tokens)):
+            raise InvalidRequest(f"registry file {path}: two embeddings share a token")
+        return cls(models, styles, parsed.default_model or default_model, loras, embeddings)
 
     def model(self, name: str | None) -> ModelSpec:
         """The spec of a model by name (the default model for None)."""
@@ -232,6 +254,17 @@ class Registry:
             return self.models[key]
         except KeyError:
             raise UnknownName(f"unknown model {key!r}; see GET /v1/models") from None
+
+    def lora(self, name: str) -> LoraSpec:
+        """A LoRA adapter by name."""
+        try:
+            return self.loras[name]
+        except KeyError:
+            raise UnknownName(f"unknown LoRA {name!r}; see GET /v1/loras") from None
+
+    def embeddings_for(self, model: ModelSpec) -> list[EmbeddingSpec]:
+        """The embeddings a model loads (their tokens work in its prompts)."""
+        return [e for e in self.embeddings.values() if e.fits(model)]
 
     def style(self, name: str) -> StylePreset:
         """A style preset by name."""

@@ -34,11 +34,18 @@ def check_request(request: JobRequest, registry: Registry) -> ModelSpec:
         )
     if request.style is not None:
         registry.style(request.style)
-    for lora in request.loras:
-        raise UnknownName(
-            f"unknown LoRA {lora.name!r}; see GET /v1/loras",
-            errors=[FieldError("body.loras", f"unknown LoRA {lora.name!r}")],
-        )
+    for i, ref in enumerate(request.loras):
+        field = f"body.loras.{i}.name"
+        try:
+            lora = registry.lora(ref.name)
+        except UnknownName as exc:
+            raise UnknownName(exc.detail, errors=[FieldError(field, f"unknown LoRA {ref.name!r}")]) from None
+        if not lora.fits(spec):
+            fits = ", ".join(lora.base_models) or f"{lora.family} models"
+            raise InvalidRequest(
+                f"LoRA {ref.name!r} fits {fits}, not model {spec.name!r} ({spec.family})",
+                errors=[FieldError(field, "adapter does not fit this model")],
+            )
     return spec
 
 
@@ -104,6 +111,12 @@ def resolve_request(request: JobRequest, registry: Registry, image_size: tuple[i
             "guidance_scale": spec.default_guidance if request.guidance_scale is None else request.guidance_scale,
             "scheduler": request.scheduler or spec.default_scheduler,
             "seed": secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
+            "loras": [
+                ref.model_copy(
+                    update={"scale": registry.lora(ref.name).default_scale if ref.scale is None else ref.scale}
+                )
+                for ref in request.loras
+            ],
         }
     )
     if isinstance(resolved, Img2ImgRequest | InpaintRequest | OutpaintRequest) and denoising_steps(resolved) < 1:

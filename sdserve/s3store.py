@@ -18,13 +18,18 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-
 from sdserve.errors import InvalidRequest, NotFound, Unavailable
 from sdserve.settings import Settings
 from sdserve.store import LocalStore, ObjectStore, SignedUrl, check_key
+
+try:  # the `s3` extra; without it open_store still gives the local store
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+except ImportError:  # pragma: no cover - exercised only in installs without the extra
+    HAVE_BOTO3 = False
+else:
+    HAVE_BOTO3 = True
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -75,6 +80,10 @@ class S3Store:
         read_timeout: float = 30.0,
         max_attempts: int = 3,
     ) -> None:
+        if not HAVE_BOTO3:
+            raise RuntimeError(
+                "the S3 store needs boto3: install sdserve with the `s3` extra (pip install 'sdserve[s3]')"
+            )
         if not bucket:
             raise ValueError("S3Store needs a bucket")
         self.bucket = bucket

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     default_model: str = "tiny"
     """Model used when a request names none."""
 
+    unserved_models: Literal["refuse", "queue"] = "refuse"
+    """A request for a model no worker has served lately: refuse it (503), or queue it (for scale-from-zero)."""
+    served_model_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    """How long after its last worker was seen a model still counts as served (queued while workers scale up)."""
+
     # --- object storage ---------------------------------------------------------------------
     store: Literal["local", "s3"] = "local"
     """Where inputs and outputs live: files under data_dir (served by the gateway), or S3."""
@@ -97,6 +102,10 @@ class Settings(BaseSettings):
     """How often a busy worker proves it is alive."""
     job_timeout_seconds: int = Field(default=600, ge=10)
     """Ceiling on one job's run time."""
+    model_memory_budget_mb: int | None = Field(default=None, ge=1)
+    """Memory the resident models of one worker may take; least recently used ones are unloaded beyond it."""
+    max_loras: int = Field(default=8, ge=1, le=256)
+    """LoRA adapters kept loaded per model (least recently used unloaded first)."""
     warmup: bool = True
     """Run one small generation per model before reporting ready."""
     torch_threads: int | None = Field(default=None, ge=1)

@@ -48,7 +48,8 @@ def build_runtime(settings: Settings, connection: redis.Redis, name: str) -> Run
         torch.set_num_threads(settings.torch_threads)
     registry = Registry.load(settings.registry_file, settings.default_model)
     device = DeviceConfig.from_settings(settings)
-    pipelines = PipelineCache(registry, device, settings.models_dir)
+    budget = settings.model_memory_budget_mb * 1024 * 1024 if settings.model_memory_budget_mb else None
+    pipelines = PipelineCache(registry, device, settings.models_dir, memory_budget=budget, max_loras=settings.max_loras)
     for model in settings.worker_models:
         registry.model(model)  # fail fast on a name the registry lacks
         started = time.perf_counter()
@@ -79,7 +80,10 @@ def make_worker(settings: Settings, connection: redis.Redis, runtime: Runtime) -
         serializer=JSONSerializer,
         keys=keys,
         heartbeat_seconds=settings.heartbeat_seconds,
-        presence=SdWorker.presence_fields(settings.worker_models, runtime.device.describe(), ready=True),
+        presence=lambda: SdWorker.presence_fields(
+            settings.worker_models, runtime.pipelines.loaded(), runtime.device.describe(), ready=True
+        ),
+        served=list(settings.worker_models),
     )
 
 

@@ -7,9 +7,11 @@ light per-job view with its own scheduler (``view``), which shares every weight 
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +20,9 @@ import torch
 from PIL import Image
 
 from sdserve.registry import Family, ModelSpec, Registry
+from worker.adapters import AdapterSet, load_embeddings
 from worker.builtin import ensure_builtin
+from worker.builtin_adapters import ensure_builtin_adapter
 from worker.device import DeviceConfig
 from worker.schedulers import make_scheduler
 
@@ -51,6 +55,8 @@ class LoadedModel:
     pipe: Any
     path: str
     load_seconds: float
+    bytes: int = 0
+    adapters: AdapterSet | None = None
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def view(self, scheduler: str, kind: Kind = "txt2img") -> Any:
@@ -72,14 +78,72 @@ class LoadedModel:
         return view
 
 
-class PipelineCache:
-    """The models a worker serves, loaded once."""
+def model_bytes(pipe: Any) -> int:
+    """Bytes of every parameter and buffer of a pipeline's modules (what it holds on the device)."""
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in component.parameters())
+            total += sum(t.numel() * t.element_size() for t in component.buffers())
+    return total
 
-    def __init__(self, registry: Registry, device: DeviceConfig, models_dir: Path) -> None:
+
+class PipelineCache:
+    """The models a worker serves: each loaded once, kept warm within a memory budget.
+
+    When loading a model would take the resident set over ``memory_budget`` bytes, the least recently
+    used other models are unloaded first. Each model carries its LoRA adapters (``AdapterSet``) and
+    has its registry embeddings loaded.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        device: DeviceConfig,
+        models_dir: Path,
+        *,
+        memory_budget: int | None = None,
+        max_loras: int = 8,
+    ) -> None:
         self.registry = registry
         self.device = device
         self.models_dir = models_dir
-        self._loaded: dict[str, LoadedModel] = {}
+        self.memory_budget = memory_budget
+        self.max_loras = max_loras
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.loads: Counter[str] = Counter()
+        self.unloads: Counter[str] = Counter()
+
+    def resolve_file(self, file: str) -> Path:
+        """The path of an adapter or embedding file (``builtin:`` ones are generated on first use)."""
+        if file.startswith("builtin:"):
+            return ensure_builtin_adapter(file.removeprefix("builtin:"), self.models_dir)
+        return Path(file)
+
+    def resident_bytes(self) -> int:
+        """Bytes held by the resident models."""
+        return sum(m.bytes for m in self._loaded.values())
+
+    def _make_room(self, keep: str, incoming: int) -> None:
+        if self.memory_budget is None:
+            return
+        while self.resident_bytes() + incoming > self.memory_budget:
+            victim = next((name for name in self._loaded if name != keep), None)
+            if victim is None:
+                return
+            self.unload(victim)
+
+    def unload(self, name: str) -> None:
+        """Drop a resident model (its adapters go with it)."""
+        loaded = self._loaded.pop(name, None)
+        if loaded is None:
+            return
+        self.unloads[name] += 1
+        del loaded
+        gc.collect()
+        if self.device.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.info("unloaded model %s to stay within the memory budget", name)
 
     def resolve_source(self, spec: ModelSpec) -> str:
         """The local folder, file or hub id a spec's ``source`` names."""
@@ -93,6 +157,7 @@ class PipelineCache:
         """The warm pipeline of a model, loading it the first time."""
         loaded = self._loaded.get(name)
         if loaded is not None:
+            self._loaded.move_to_end(name)
             return loaded
         spec = self.registry.model(name)
         source = self.resolve_source(spec)
@@ -105,11 +170,22 @@ class PipelineCache:
             if spec.family == "sd1":
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             pipe = cls.from_pretrained(source, use_safetensors=True, **kwargs)
-        pipe.to(self.device.device)
         pipe.set_progress_bar_config(disable=True)
-        loaded = LoadedModel(spec=spec, pipe=pipe, path=source, load_seconds=time.perf_counter() - started)
+        size = model_bytes(pipe)
+        self._make_room(keep=name, incoming=size)
+        pipe.to(self.device.device)
+        load_embeddings(pipe, self.registry.embeddings_for(spec), self.resolve_file)
+        loaded = LoadedModel(
+            spec=spec,
+            pipe=pipe,
+            path=source,
+            load_seconds=time.perf_counter() - started,
+            bytes=size,
+            adapters=AdapterSet(pipe, self.resolve_file, max_resident=self.max_loras),
+        )
         self._loaded[name] = loaded
-        log.info("loaded model %s from %s in %.2fs", name, source, loaded.load_seconds)
+        self.loads[name] += 1
+        log.info("loaded model %s from %s in %.2fs (%.1f MB)", name, source, loaded.load_seconds, size / 1e6)
         return loaded
 
     def loaded(self) -> list[str]:

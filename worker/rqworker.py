@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -35,13 +36,15 @@ class SdWorker(SimpleWorker):
         *args: Any,
         keys: Keys,
         heartbeat_seconds: float,
-        presence: dict[str, str],
+        presence: Callable[[], dict[str, str]],
+        served: list[str],
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.sd_keys = keys
         self.heartbeat_seconds = heartbeat_seconds
         self.presence = presence
+        self.served = served
         # Signals only reach the main thread; elsewhere (tests, embedding) time out with a timer.
         in_main = threading.current_thread() is threading.main_thread()
         self.death_penalty_class = UnixSignalDeathPenalty if in_main else TimerDeathPenalty
@@ -60,14 +63,12 @@ class SdWorker(SimpleWorker):
         key = self.sd_keys.worker(self.name)
         busy = self._current is not None
         with conn.pipeline() as pipe:
-            fields: dict[Any, Any] = {
-                **self.presence,
-                "busy": "1" if busy else "0",
-                "seen_at": repr(time.time()),
-            }
+            now = time.time()
+            fields: dict[Any, Any] = {**self.presence(), "busy": "1" if busy else "0", "seen_at": repr(now)}
             pipe.hset(key, mapping=fields)
             pipe.expire(key, int(self.heartbeat_seconds * 4) + 10)
-            pipe.zadd(self.sd_keys.workers(), {self.name: time.time()})
+            pipe.zadd(self.sd_keys.workers(), {self.name: now})
+            pipe.zadd(self.sd_keys.served_models(), dict.fromkeys(self.served, now))
             pipe.execute()
 
     def retire(self) -> None:
@@ -112,6 +113,11 @@ class SdWorker(SimpleWorker):
             self.retire()
 
     @staticmethod
-    def presence_fields(models: list[str], device: str, ready: bool) -> dict[str, str]:
-        """The presence hash's fields."""
-        return {"models": json.dumps(models), "device": device, "ready": "1" if ready else "0"}
+    def presence_fields(models: list[str], resident: list[str], device: str, ready: bool) -> dict[str, str]:
+        """The presence hash's fields: served models, the ones loaded now, device, readiness."""
+        return {
+            "models": json.dumps(models),
+            "resident": json.dumps(resident),
+            "device": device,
+            "ready": "1" if ready else "0",
+        }

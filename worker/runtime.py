@@ -110,7 +110,32 @@ class Runtime:
         # 2. Parse the stored (resolved) request and fetch the warm model.
         request_model, recipe = TASKS[record.task]
         request: Any = request_model.model_validate(record.request)
+        load_started = time.perf_counter()
         model = self.pipelines.load(request.model)
+        timings["model_load_ms"] = (time.perf_counter() - load_started) * 1000
+
+        # 3. Activate the job's LoRA set on the warm weights (reset in `finally`, whatever happens).
+        assert model.adapters is not None
+        try:
+            wanted = [(self.registry.lora(ref.name), ref.scale) for ref in request.loras]
+            activation = model.adapters.activate(
+                [(spec, spec.default_scale if scale is None else scale) for spec, scale in wanted]
+            )
+            timings["adapters_ms"] = activation.load_ms + activation.activate_ms
+            self._run_recipe(record, request, model, recipe, started, timings, activation.adapters)
+        finally:
+            model.adapters.reset()
+
+    def _run_recipe(
+        self,
+        record: JobRecord,
+        request: Any,
+        model: Any,
+        recipe: Recipe,
+        started: float,
+        timings: dict[str, float],
+        adapters: list[dict[str, object]],
+    ) -> None:
         reporter = StepReporter(self.tracker, record.id, record.total or request.steps)
         inputs = record.inputs
         ctx = TaskContext(
@@ -122,10 +147,10 @@ class Runtime:
             timings=timings,
         )
 
-        # 3. Run the task's recipe.
+        # 4. Run the task's recipe.
         output = recipe(ctx, request)
 
-        # 4. Write the images and the manifest (deterministic keys: a rerun overwrites, never duplicates).
+        # 5. Write the images and the manifest (deterministic keys: a rerun overwrites, never duplicates).
         upload_started = time.perf_counter()
         prompts = (
             str(output.details.get("prompt", request.prompt)),
@@ -145,6 +170,7 @@ class Runtime:
             "images": [{**img.to_json(), "sha256": digest} for img, digest in zip(stored, digests, strict=True)],
             "inputs": inputs,
             "mask": mask_key,
+            "adapters": adapters,
             "worker": {"name": self.name, "device": self.device.describe()},
             "versions": library_versions(),
             "created_at": _iso(record.created_at),
@@ -154,7 +180,7 @@ class Runtime:
         manifest_key = write_manifest(self.store, record.id, {**manifest, "timings": timings})
         timings["upload_ms"] = (time.perf_counter() - upload_started) * 1000
 
-        # 5. Mark it succeeded (a no-op if the job ended meanwhile, e.g. canceled at the last step).
+        # 6. Mark it succeeded (a no-op if the job ended meanwhile, e.g. canceled at the last step).
         if not self.tracker.succeed(
             record.id,
             images=stored,

@@ -13,6 +13,62 @@ from app.errors import problem_responses
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
+class LoraInfo(BaseModel):
+    """A LoRA adapter a job may name in `loras`."""
+
+    name: str
+    family: str = Field(description="The model family it fits: `sd1` or `sdxl`.")
+    base_models: list[str] = Field(description="Models it fits (empty: every model of its family).")
+    default_scale: float
+    trigger_words: list[str]
+    description: str
+
+
+class EmbeddingInfo(BaseModel):
+    """A textual-inversion embedding: write its token in a prompt."""
+
+    name: str
+    token: str
+    family: str
+    base_models: list[str]
+    description: str
+
+
+class LoraList(BaseModel):
+    """LoRA adapters, and the textual-inversion embeddings usable through their tokens."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "data": [
+                        {
+                            "name": "tiny-detail",
+                            "family": "sd1",
+                            "base_models": ["tiny"],
+                            "default_scale": 1.0,
+                            "trigger_words": ["detailed"],
+                            "description": "Demo LoRA for tiny.",
+                        }
+                    ],
+                    "embeddings": [
+                        {
+                            "name": "tiny-sparkle",
+                            "token": "<tiny-sparkle>",
+                            "family": "sd1",
+                            "base_models": ["tiny"],
+                            "description": "Demo embedding for tiny.",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    data: list[LoraInfo]
+    embeddings: list[EmbeddingInfo]
+
+
 class ModelInfo(BaseModel):
     """A model a job may name."""
 
@@ -25,7 +81,7 @@ class ModelInfo(BaseModel):
     default_scheduler: str
     default: bool = Field(description="Used when a request names no model.")
     workers: list[str] = Field(description="Live workers serving this model now.")
-    warm: bool = Field(description="At least one live worker has it loaded and warmed.")
+    warm: bool = Field(description="At least one live worker has it loaded (resident) and is ready.")
     queued: int = Field(description="Jobs waiting for it.")
 
 
@@ -108,7 +164,10 @@ async def list_models(registry: RegistryDep, queue: QueueDep) -> ModelList:
     data = []
     for spec in registry.models.values():
         serving = [name for name, info in workers.items() if spec.name in json.loads(info.get("models", "[]"))]
-        warm = any(workers[name].get("ready") == "1" for name in serving)
+        warm = any(
+            workers[name].get("ready") == "1" and spec.name in json.loads(workers[name].get("resident", "[]"))
+            for name in serving
+        )
         data.append(
             ModelInfo(
                 name=spec.name,
@@ -140,4 +199,29 @@ async def list_styles(registry: RegistryDep) -> StyleList:
         data=[
             StyleInfo(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt) for s in registry.styles.values()
         ]
+    )
+
+
+@router.get("/loras", response_model=LoraList, operation_id="listLoras", summary="List LoRA adapters and embeddings")
+async def list_loras(registry: RegistryDep) -> LoraList:
+    """LoRA adapters a job may combine (up to 4, each with a scale), and the textual-inversion embeddings
+    whose tokens work in prompts of the models they fit."""
+    return LoraList(
+        data=[
+            LoraInfo(
+                name=s.name,
+                family=s.family,
+                base_models=s.base_models,
+                default_scale=s.default_scale,
+                trigger_words=s.trigger_words,
+                description=s.description,
+            )
+            for s in registry.loras.values()
+        ],
+        embeddings=[
+            EmbeddingInfo(
+                name=e.name, token=e.token, family=e.family, base_models=e.base_models, description=e.description
+            )
+            for e in registry.embeddings.values()
+        ],
     )

@@ -50,7 +50,18 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
         "Service unavailable",
         "A dependency (Redis, the object store) is unreachable. Retry after the `Retry-After` seconds.",
     ),
-    "model-unavailable": (503, "No worker serves this model", "No live worker serves the model now."),
+    "model-unavailable": (
+        503,
+        "No worker serves this model",
+        "No worker has served this model lately, so a "
+        "job for it would wait forever; GET /v1/models shows what live workers serve. Operators "
+        "who scale workers from zero set SDSERVE_UNSERVED_MODELS=queue.",
+    ),
+    "adapter-load-failed": (
+        200,
+        "An adapter could not be loaded",
+        "Set on a failed job: a LoRA or embedding file of the registry could not be loaded by the worker.",
+    ),
     "internal": (500, "Internal error", "An unexpected failure; the request id identifies it in the logs."),
     "job-failed": (200, "The job failed", "Set on a failed job: the job ran and could not finish."),
     "out-of-memory": (
