@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.state import GatewayState
-from sdserve.queue import JobQueue
+from sdserve.queue import ANONYMOUS, JobQueue
 from sdserve.registry import Registry
 from sdserve.settings import Settings
 from sdserve.store import LocalStore
@@ -40,6 +40,12 @@ def get_base_url(request: Request) -> str:
     return str(public).rstrip("/") if public else str(request.base_url).rstrip("/")
 
 
+def get_owner(request: Request) -> str:
+    """The caller jobs belong to (the API key's name once keys are configured)."""
+    value = request.scope.get("state", {}).get("owner")
+    return str(value) if value else ANONYMOUS
+
+
 def get_request_id(request: Request) -> str | None:
     value = request.scope.get("state", {}).get("request_id")
     return str(value) if value else None
@@ -52,3 +58,4 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 StoreDep = Annotated[LocalStore, Depends(get_store)]
 BaseUrlDep = Annotated[str, Depends(get_base_url)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdserve.errors import (
+    Conflict,
     InvalidRequest,
     ModelUnavailable,
     NotFound,
@@ -77,6 +78,7 @@ class Problem(BaseModel):
 STATUS: dict[type[SdserveError], int] = {
     InvalidRequest: 422,
     NotFound: 404,
+    Conflict: 409,
     ModelUnavailable: 503,
     Unavailable: 503,
 }

@@ -15,6 +15,8 @@ from app.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMid
 from app.routes import catalog, files, health, images, jobs, problems, uploads
 from app.state import GatewayState
 from sdserve import __version__
+from sdserve.deliveries import Deliveries
+from sdserve.idempotency import Idempotency
 from sdserve.keys import Keys
 from sdserve.logs import configure_logging
 from sdserve.queue import JobQueue
@@ -22,6 +24,7 @@ from sdserve.registry import Registry
 from sdserve.settings import Settings
 from sdserve.store import LocalStore
 from sdserve.uploads import Uploads
+from sdserve.webhooks import WebhookPolicy
 
 log = logging.getLogger("sdserve.gateway")
 
@@ -62,6 +65,11 @@ def build_state(settings: Settings) -> GatewayState:
         queue=queue,
         store=store,
         uploads=Uploads(client, keys, store, ttl=settings.upload_ttl_seconds),
+        deliveries=Deliveries(client, keys, settings.job_ttl_seconds),
+        idempotency=Idempotency(client, keys, settings.idempotency_ttl_seconds),
+        webhook_policy=WebhookPolicy.build(
+            settings.webhook_allowed_ports, settings.webhook_allowed_hosts, settings.webhook_allowed_networks
+        ),
     )
 
 

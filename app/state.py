@@ -7,11 +7,14 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 
+from sdserve.deliveries import Deliveries
+from sdserve.idempotency import Idempotency
 from sdserve.queue import JobQueue
 from sdserve.registry import Registry
 from sdserve.settings import Settings
 from sdserve.store import LocalStore
 from sdserve.uploads import Uploads
+from sdserve.webhooks import WebhookPolicy
 
 
 @dataclass
@@ -25,6 +28,9 @@ class GatewayState:
     queue: JobQueue
     store: LocalStore
     uploads: Uploads
+    deliveries: Deliveries
+    idempotency: Idempotency
+    webhook_policy: WebhookPolicy
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -9,6 +9,7 @@ from sdserve.queue import new_job_id
 from sdserve.records import JobRecord
 from sdserve.resolve import check_request, denoising_steps, resolve_request
 from sdserve.tasks import Img2ImgRequest, InpaintRequest, JobRequest, OutpaintRequest
+from sdserve.webhooks import check_url
 
 
 async def create_job(
@@ -20,6 +21,8 @@ async def create_job(
     nothing is stored for a request that is refused.
     """
     spec = check_request(request, state.registry)
+    if request.webhook is not None:
+        await check_url(request.webhook.url, state.webhook_policy)
     settings = state.settings
     if settings.unserved_models == "refuse" and spec.name not in await state.queue.served_models(
         settings.served_model_ttl_seconds

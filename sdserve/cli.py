@@ -24,7 +24,11 @@ QUIET_LIBRARIES = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
 
-ENTRY_POINTS = {"gateway": "app.main:serve", "worker": "worker.main:serve"}
+ENTRY_POINTS = {
+    "gateway": "app.main:serve",
+    "worker": "worker.main:serve",
+    "webhooks": "sdserve.dispatcher:serve",
+}
 
 
 def _entry(name: str) -> Callable[[Settings], None]:
@@ -50,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="Address to bind (SDSERVE_HOST).")
         p.add_argument("--port", type=int, help="Port to listen on (SDSERVE_PORT).")
     worker = sub.add_parser("worker", help="Run one worker (one per GPU).")
+    sub.add_parser("webhooks", help="Run the webhook dispatcher (sends signed deliveries, with retries).")
     for p in (up, worker):
         p.add_argument("--models", help="Comma-separated models to serve (SDSERVE_WORKER_MODELS).")
     return parser

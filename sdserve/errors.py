@@ -61,6 +61,13 @@ class NotFound(SdserveError):
     title = "Not found"
 
 
+class Conflict(SdserveError):
+    """The request does not fit the resource's current state (e.g. redelivering a job that has not ended)."""
+
+    slug = "conflict"
+    title = "Conflict with the current state"
+
+
 class Unavailable(SdserveError):
     """A dependency the request needs is unreachable; retry later."""
 

@@ -157,6 +157,10 @@ class Job(BaseModel):
         default=None, description="Signed URL of the final mask used (inpaint/outpaint with `return_mask`)."
     )
     error: JobError | None = None
+    cancel_requested: bool = Field(
+        default=False, description="A cancel was asked for; a running job stops at its next step."
+    )
+    purged: bool = Field(default=False, description="The job's stored inputs and outputs were deleted.")
     timings: Timings = Field(default_factory=Timings)
     metadata: dict[str, str] = Field(default_factory=dict)
     links: dict[str, str] = Field(default_factory=dict, description="Related resources (self, cancel, events).")

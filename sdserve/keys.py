@@ -24,9 +24,29 @@ class Keys:
         """Stream: the job's events (queued, started, progress, terminal)."""
         return f"{self.prefix}:job:{job_id}:events"
 
-    def jobs_index(self) -> str:
-        """Sorted set: every job id scored by creation time (for listing)."""
-        return f"{self.prefix}:jobs"
+    def jobs_index(self, owner: str) -> str:
+        """Sorted set: one caller's job ids scored by creation time (for listing)."""
+        return f"{self.prefix}:jobs:{owner}"
+
+    def webhooks_due(self) -> str:
+        """Sorted set: webhook delivery ids scored by when they are due (or until when they are leased)."""
+        return f"{self.prefix}:webhooks:due"
+
+    def delivery_prefix(self) -> str:
+        """Prefix of the delivery hashes (``<prefix>:delivery:<job>.<event>``)."""
+        return f"{self.prefix}:delivery:"
+
+    def delivery(self, delivery_id: str) -> str:
+        """Hash: one webhook delivery (job, event, attempt count, body data)."""
+        return f"{self.delivery_prefix()}{delivery_id}"
+
+    def delivery_log(self, job_id: str) -> str:
+        """List: every delivery attempt of a job's webhooks, oldest first."""
+        return f"{self.prefix}:job:{job_id}:deliveries"
+
+    def idempotency(self, owner: str, key_hash: str) -> str:
+        """String: the job an Idempotency-Key (hashed, per caller) created."""
+        return f"{self.prefix}:idem:{owner}:{key_hash}"
 
     def upload(self, upload_id: str) -> str:
         """Hash: an uploaded (or inline) input image: where it lies and what it is."""

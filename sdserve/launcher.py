@@ -158,7 +158,7 @@ class Launcher:
         return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - display only
 
     def stop(self) -> None:
-        """Stop children in reverse start order: gateway, worker (finishes its job), then Redis."""
+        """Stop children in reverse start order: gateway, dispatcher, worker (finishes its job), then Redis."""
         for name, proc in reversed(self.children):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -186,6 +186,7 @@ class Launcher:
             env = self._child_env()
             cli = [sys.executable, "-m", "sdserve.cli"]
             self._spawn("worker", [*cli, "worker"], env)
+            self._spawn("webhooks", [*cli, "webhooks"], env)
             self._spawn("gateway", [*cli, "gateway"], env)
             say("starting the gateway and a worker (the first start generates the built-in model)...")
             if not self._wait_ready(timeout=300):

@@ -26,6 +26,9 @@ MAX_LORAS = 4
 MAX_METADATA_KEYS = 16
 """Most client metadata entries carried by a job."""
 
+MAX_NAME_CHARS = 64
+"""Longest registry name."""
+
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 """A registry name: lower-case letters, digits, '.', '_' and '-'; never a path or URL."""
 

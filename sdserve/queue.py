@@ -23,12 +23,16 @@ import redis.asyncio as aioredis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from sdserve import transitions
 from sdserve.errors import NotFound
 from sdserve.events import STREAM_MAXLEN, EventName, encode_data
 from sdserve.jobs import JobStatus
 from sdserve.keys import Keys
 from sdserve.records import JobRecord
 from sdserve.tasks import JobRequest
+
+ANONYMOUS = "anonymous"
+"""The owner of jobs created without an API key."""
 
 RUN_JOB = "worker.jobs.run_job"
 """Dotted path of the function a worker runs for every job."""
@@ -139,6 +143,7 @@ class JobQueue:
             owner=owner,
             request_id=request_id,
             inputs=inputs,
+            webhook=(request.webhook.url, [e.value for e in request.webhook.events]) if request.webhook else None,
         )
         queue = await self._queue(request.model)
         recorder = _RecordingPipeline()
@@ -163,19 +168,47 @@ class JobQueue:
                 approximate=True,
             )
             pipe.expire(events_key, self._job_ttl)
-            pipe.zadd(self.keys.jobs_index(), {job_id: now})
+            index = self.keys.jobs_index(owner or ANONYMOUS)
+            pipe.zadd(index, {job_id: now})
+            pipe.zremrangebyscore(index, "-inf", now - self._job_ttl)  # records older than this have expired
             recorder.replay(pipe)
             await pipe.execute()
         return JobRecord.from_hash(fields)
 
-    async def get(self, job_id: str) -> JobRecord:
-        """The record of a job; NotFound when there is none."""
+    async def get(self, job_id: str, owner: str | None = None) -> JobRecord:
+        """The record of a job; NotFound when there is none, or when it is another caller's."""
         if not is_job_id(job_id):
             raise NotFound(f"no job {job_id!r}")
         raw = await self.redis.hgetall(self.keys.job(job_id))
         if not raw:
             raise NotFound(f"no job {job_id!r}")
-        return JobRecord.from_hash(raw)
+        record = JobRecord.from_hash(raw)
+        if owner is not None and (record.owner or ANONYMOUS) != owner:
+            raise NotFound(f"no job {job_id!r}")
+        return record
+
+    async def cancel(self, record: JobRecord) -> str:
+        """Cancel a job: a queued one at once, a running one at its next step; harmless when it has ended.
+
+        Returns 'canceled', 'requested' or the terminal status the job already had.
+        """
+        script = self.redis.register_script(transitions.CANCEL)
+        keys = [
+            self.keys.job(record.id),
+            self.keys.events(record.id),
+            self.keys.webhooks_due(),
+            (await self._queue(record.model)).key,
+        ]
+        result = await script(
+            keys=keys, args=[repr(time.time()), self.keys.delivery_prefix(), encode_data({"status": "canceled"})]
+        )
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def mark_purged(self, job_id: str) -> None:
+        """Record that a job's stored inputs and outputs were deleted."""
+        await self.redis.hset(
+            self.keys.job(job_id), mapping={"purged": "1", "images": "[]", "manifest": "", "mask": ""}
+        )
 
     async def position(self, record: JobRecord) -> int | None:
         """Jobs ahead of a queued job in its model's queue (0: next), None if not waiting."""

@@ -61,6 +61,10 @@ class JobRecord:
     request_id: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     mask_key: str | None = None
+    webhook_url: str | None = None
+    webhook_events: list[str] = field(default_factory=list)
+    cancel_requested: bool = False
+    purged: bool = False
 
     @staticmethod
     def new_fields(
@@ -75,6 +79,7 @@ class JobRecord:
         owner: str | None,
         request_id: str | None,
         inputs: Mapping[str, str] | None = None,
+        webhook: tuple[str, list[str]] | None = None,
     ) -> dict[str, str]:
         """The hash fields of a freshly accepted job."""
         fields = {
@@ -91,6 +96,8 @@ class JobRecord:
         }
         if inputs:
             fields["inputs"] = json.dumps(dict(inputs), separators=(",", ":"))
+        if webhook is not None:
+            fields["webhook_url"], fields["webhook_events"] = webhook[0], ",".join(webhook[1])
         if owner:
             fields["owner"] = owner
         if request_id:
@@ -129,6 +136,10 @@ class JobRecord:
             request_id=h.get("request_id") or None,
             inputs=json.loads(h.get("inputs") or "{}"),
             mask_key=h.get("mask") or None,
+            webhook_url=h.get("webhook_url") or None,
+            webhook_events=[e for e in (h.get("webhook_events") or "").split(",") if e],
+            cancel_requested=h.get("cancel_requested") == "1",
+            purged=h.get("purged") == "1",
         )
 
 

@@ -8,8 +8,11 @@ two in step (a unit test compares them).
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -89,6 +92,29 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=1.5, gt=0, le=10)
     """Socket timeout for the gateway's Redis calls, so a Redis outage answers 503 instead of hanging."""
 
+    max_wait_seconds: int = Field(default=60, ge=0, le=300)
+    """Longest `Prefer: wait=N` a request may hold the connection for."""
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    """How long an Idempotency-Key keeps answering with the job it created."""
+
+    # --- webhooks ----------------------------------------------------------------------------
+    webhook_secret: SecretStr | None = None
+    """Standard Webhooks signing secret (`whsec_<base64>`). Unset: generated once and kept in data_dir."""
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    """Seconds before each retry of a terminal event (comma separated; ±20 % jitter): about 27 h in all."""
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=15)
+    """Time one delivery attempt may take."""
+    webhook_allowed_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [80, 443, 8080, 8443])
+    """Ports callback URLs may use (comma separated)."""
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Callback hosts trusted as they are: no address check, any port (comma separated)."""
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Networks (CIDR) trusted as they are, e.g. 10.0.0.0/8 for in-cluster receivers (comma separated)."""
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
+    """Deliveries one dispatcher sends at once."""
+
     # --- worker -----------------------------------------------------------------------------
     worker_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["tiny"])
     """Models one worker serves (comma separated in the environment). The first is warmed first."""
@@ -106,6 +132,8 @@ class Settings(BaseSettings):
     """Memory the resident models of one worker may take; least recently used ones are unloaded beyond it."""
     max_loras: int = Field(default=8, ge=1, le=256)
     """LoRA adapters kept loaded per model (least recently used unloaded first)."""
+    preview_every_steps: int = Field(default=5, ge=0, le=150)
+    """Send a small preview image with every Nth progress event (0: never)."""
     warmup: bool = True
     """Run one small generation per model before reporting ready."""
     torch_threads: int | None = Field(default=None, ge=1)
@@ -117,9 +145,16 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of every process."""
 
-    @field_validator("worker_models", mode="before")
+    @field_validator(
+        "worker_models",
+        "webhook_retry_schedule",
+        "webhook_allowed_ports",
+        "webhook_allowed_hosts",
+        "webhook_allowed_networks",
+        mode="before",
+    )
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -143,6 +178,35 @@ class Settings(BaseSettings):
         """Where built-in models are generated and cached."""
         return self.models_cache_dir or self.data_dir / "models"
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("webhook_secret must look like whsec_<base64>")
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+    def webhook_signing_secret(self) -> str:
+        """The webhook secret: the configured one, or one generated once and kept in data_dir."""
+        if self.webhook_secret is not None:
+            return self.webhook_secret.get_secret_value()
+        return "whsec_" + self._kept_secret(
+            "webhook-secret.key", lambda: base64.b64encode(secrets.token_bytes(24)).decode()
+        )
+
+    def public_base_url(self) -> str:
+        """Where clients reach the gateway, for processes that have no request to ask (the dispatcher)."""
+        if self.public_url is not None:
+            return str(self.public_url).rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104 - display only
+        return f"http://{host}:{self.port}"
+
     def signing_key(self) -> bytes:
         """The HMAC key for local signed URLs: the configured secret, or one kept in data_dir.
 
@@ -151,11 +215,15 @@ class Settings(BaseSettings):
         """
         if self.url_signing_secret is not None:
             return self.url_signing_secret.get_secret_value().encode()
-        path = self.data_dir / "url-signing.key"
+        return self._kept_secret("url-signing.key", lambda: secrets.token_urlsafe(32)).encode()
+
+    def _kept_secret(self, name: str, make: Callable[[], str]) -> str:
+        """A secret generated once, written with mode 0600 in data_dir, and read from there after."""
+        path = self.data_dir / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-            tmp.write_text(secrets.token_urlsafe(32))
+            tmp.write_text(make())
             tmp.chmod(0o600)
             try:
                 os.link(tmp, path)  # atomic and never overwrites: the first writer wins
@@ -163,4 +231,4 @@ class Settings(BaseSettings):
                 pass
             finally:
                 tmp.unlink()
-        return path.read_text().strip().encode()
+        return path.read_text().strip()

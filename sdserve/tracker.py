@@ -35,7 +35,10 @@ class JobTracker:
         self._finish = client.register_script(transitions.FINISH)
 
     def _keys(self, job_id: str) -> list[str]:
-        return [self.keys.job(job_id), self.keys.events(job_id)]
+        return [self.keys.job(job_id), self.keys.events(job_id), self.keys.webhooks_due()]
+
+    def _head(self) -> list[str]:
+        return [repr(time.time()), self.keys.delivery_prefix()]
 
     def load(self, job_id: str) -> JobRecord | None:
         """The job's record, or None if it has expired or never existed."""
@@ -45,7 +48,7 @@ class JobTracker:
     def start(self, job_id: str, worker: str, attempt_data: Mapping[str, Any] | None = None) -> str:
         """Mark a job running. Returns 'ok', 'cancel', or the status that forbids starting it."""
         data = encode_data({"status": "running", "worker": worker, **(attempt_data or {})})
-        return _text(self._start(keys=self._keys(job_id), args=[repr(time.time()), worker, data]))
+        return _text(self._start(keys=self._keys(job_id), args=[*self._head(), worker, data]))
 
     def progress(self, job_id: str, step: int, total: int, event: Mapping[str, Any] | None) -> str:
         """Record a step; with ``event``, also append a progress event.
@@ -53,13 +56,13 @@ class JobTracker:
         Returns 'ok' to go on; anything else ('cancel', 'canceled', ...) means stop.
         """
         data = encode_data(event) if event is not None else ""
-        return _text(self._progress(keys=self._keys(job_id), args=[step, total, data]))
+        return _text(self._progress(keys=self._keys(job_id), args=[*self._head(), step, total, data]))
 
-    def _end(self, job_id: str, status: JobStatus, event: Mapping[str, Any], fields: Mapping[str, str]) -> bool:
-        args: list[str] = [status.value, encode_data(event)]
-        for name, value in {"finished_at": repr(time.time()), **fields}.items():
+    def _end(self, job_id: str, status: JobStatus, event: Mapping[str, Any], fields: Mapping[str, str]) -> str:
+        args: list[str] = [*self._head(), status.value, encode_data(event)]
+        for name, value in fields.items():
             args += [name, value]
-        return _text(self._finish(keys=self._keys(job_id), args=args)) == "ok"
+        return _text(self._finish(keys=self._keys(job_id), args=args))
 
     def succeed(
         self,
@@ -70,8 +73,12 @@ class JobTracker:
         timings: Mapping[str, float],
         total: int,
         mask_key: str | None = None,
-    ) -> bool:
-        """Mark a job succeeded with its outputs; False if it had already ended."""
+    ) -> str:
+        """Mark a job succeeded with its outputs.
+
+        Returns 'ok'; 'cancel' if a cancel was asked for meanwhile (the caller then cancels the job and
+        drops its outputs); or the terminal status the job already had.
+        """
         fields = {
             "images": json.dumps([img.to_json() for img in images], separators=(",", ":")),
             "manifest": manifest_key,
@@ -85,6 +92,9 @@ class JobTracker:
 
     def fail(self, job_id: str, error: JobError, timings: Mapping[str, float]) -> bool:
         """Mark a job failed with a problem; False if it had already ended."""
+        return self._fail(job_id, error, timings) == "ok"
+
+    def _fail(self, job_id: str, error: JobError, timings: Mapping[str, float]) -> str:
         problem = error.model_dump(mode="json", exclude_none=True)
         return self._end(
             job_id,
@@ -95,6 +105,5 @@ class JobTracker:
 
     def cancel(self, job_id: str, timings: Mapping[str, float] | None = None) -> bool:
         """Mark a job canceled; False if it had already ended."""
-        return self._end(
-            job_id, JobStatus.CANCELED, {"status": "canceled"}, {"timings": json.dumps(dict(timings or {}))}
-        )
+        fields = {"timings": json.dumps(dict(timings or {}))}
+        return self._end(job_id, JobStatus.CANCELED, {"status": "canceled"}, fields) == "ok"

@@ -7,6 +7,7 @@ from typing import Any
 
 from sdserve.errors import JobCanceled
 from sdserve.tracker import JobTracker
+from worker.previews import preview_data_uri
 
 
 class StepReporter:
@@ -17,22 +18,35 @@ class StepReporter:
     fast GPUs without hiding progress on slow ones.
     """
 
-    def __init__(self, tracker: JobTracker, job_id: str, total: int, *, event_interval: float = 0.0) -> None:
+    def __init__(
+        self,
+        tracker: JobTracker,
+        job_id: str,
+        total: int,
+        *,
+        event_interval: float = 0.0,
+        preview_every: int = 0,
+        family: str = "sd1",
+    ) -> None:
         self.tracker = tracker
         self.job_id = job_id
         self.total = total
         self.event_interval = event_interval
+        self.preview_every = preview_every
+        self.family = family
         self._last_event = 0.0
         self.steps_done = 0
 
-    def report(self, step: int) -> None:
+    def report(self, step: int, latents: Any = None) -> None:
         """Record that ``step`` steps are done; raises JobCanceled when the job must stop."""
         self.steps_done = step
         now = time.monotonic()
-        event = None
+        event: dict[str, Any] | None = None
         if step >= self.total or now - self._last_event >= self.event_interval:
             self._last_event = now
             event = {"step": step, "total": self.total, "fraction": round(step / max(self.total, 1), 4)}
+            if self.preview_every and latents is not None and step % self.preview_every == 0 and step < self.total:
+                event["preview"] = preview_data_uri(latents, self.family)
         state = self.tracker.progress(self.job_id, step, self.total, event)
         if state != "ok":
             raise JobCanceled(f"job {self.job_id} stopped at step {step}: {state}")
@@ -43,5 +57,5 @@ class StepReporter:
         total = getattr(pipe, "_num_timesteps", None)
         if isinstance(total, int) and total > 0:
             self.total = total
-        self.report(step_index + 1)
+        self.report(step_index + 1, callback_kwargs.get("latents"))
         return callback_kwargs

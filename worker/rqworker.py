@@ -94,6 +94,11 @@ class SdWorker(SimpleWorker):
                 log.exception("heartbeat thread error")
 
     # --- RQ hooks -------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        """Signals reach the main thread only; a worker embedded in another thread is stopped by its host."""
+        if threading.current_thread() is threading.main_thread():
+            super()._install_signal_handlers()  # type: ignore[no-untyped-call]
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
         self._current = (job, execution)

@@ -136,7 +136,13 @@ class Runtime:
         timings: dict[str, float],
         adapters: list[dict[str, object]],
     ) -> None:
-        reporter = StepReporter(self.tracker, record.id, record.total or request.steps)
+        reporter = StepReporter(
+            self.tracker,
+            record.id,
+            record.total or request.steps,
+            preview_every=self.settings.preview_every_steps,
+            family=model.spec.family,
+        )
         inputs = record.inputs
         ctx = TaskContext(
             job_id=record.id,
@@ -180,13 +186,16 @@ class Runtime:
         manifest_key = write_manifest(self.store, record.id, {**manifest, "timings": timings})
         timings["upload_ms"] = (time.perf_counter() - upload_started) * 1000
 
-        # 6. Mark it succeeded (a no-op if the job ended meanwhile, e.g. canceled at the last step).
-        if not self.tracker.succeed(
+        # 6. Mark it succeeded; a cancel that arrived after the last step still wins (and nothing stays stored).
+        state = self.tracker.succeed(
             record.id,
             images=stored,
             manifest_key=manifest_key,
             timings=timings,
             total=reporter.total,
             mask_key=mask_key,
-        ):
-            log.info("job %s ended elsewhere before it could succeed", record.id)
+        )
+        if state == "cancel":
+            raise JobCanceled(f"job {record.id} was canceled after its last step")
+        if state != "ok":
+            log.info("job %s ended (%s) elsewhere before it could succeed", record.id, state)

@@ -1,18 +1,27 @@
-"""Create jobs: ``POST /v1/txt2img``, ``/v1/img2img``, ``/v1/inpaint``, ``/v1/outpaint``."""
+"""Create jobs: ``POST /v1/txt2img``, ``/v1/img2img``, ``/v1/inpaint``, ``/v1/outpaint``.
+
+Every create takes ``Idempotency-Key`` (retry-safe creation) and ``Prefer: wait=N`` (hold the
+request until the job ends, up to N seconds, by blocking on its event stream; no polling).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+import time
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Header, Response, status
 
-from app.deps import BaseUrlDep, RequestIdDep, StateDep
+from app.deps import BaseUrlDep, OwnerDep, RequestIdDep, StateDep
 from app.errors import problem_responses
+from app.state import GatewayState
 from app.submit import create_job
-from app.views import job_view
-from sdserve.errors import FieldError, InvalidRequest
+from sdserve.events import read_events
+from sdserve.idempotency import body_hash
 from sdserve.jobs import Job
+from sdserve.records import JobRecord
 from sdserve.tasks import Img2ImgRequest, InpaintRequest, JobRequest, OutpaintRequest, Txt2ImgRequest
+from sdserve.views import job_view
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
@@ -21,24 +30,90 @@ _ACCEPTED: dict[int | str, dict[str, Any]] = {
         "description": "The job is queued; `Location` is its URL.",
         "headers": {"Location": {"description": "URL of the job.", "schema": {"type": "string"}}},
     },
+    200: {
+        "description": "With `Prefer: wait=N`: the job ended within N seconds (succeeded, failed or canceled); "
+        "or an `Idempotency-Key` replay of a job that has ended.",
+        "model": Job,
+    },
     **problem_responses(413, 422, 503),
 }
 
 _FOLLOW = (
-    " Answers 202 with the job and a `Location` header; poll that URL (or stream its events) until the job "
-    "`succeeded`, then fetch each image's signed URL."
+    " Answers 202 with the job and a `Location` header; poll that URL (or stream its events, or pass "
+    "`Prefer: wait=N`) until the job `succeeded`, then fetch each image's signed URL."
 )
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Retry-safe creation: the same key with the same body returns the same job (for 24 h, "
+        "however many requests race); with another body it is a 422.",
+    ),
+]
+Prefer = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="`wait=N`: hold the request up to N seconds (at most the server's maximum, 60 by default) "
+        "and answer 200 with the finished job if it ends in time, else 202 as usual.",
+    ),
+]
+_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
 
-async def _accept(body: JobRequest, response: Response, state: StateDep, base_url: str, request_id: str | None) -> Job:
-    if body.webhook is not None:
-        raise InvalidRequest(
-            "webhooks are not enabled on this deployment yet",
-            errors=[FieldError("body.webhook", "webhook delivery is not enabled")],
-        )
-    record = await create_job(body, state=state, request_id=request_id)
-    position = await state.queue.position(record)
+
+async def _wait_until_done(state: GatewayState, record: JobRecord, owner: str, seconds: float) -> JobRecord:
+    """Block on the job's event stream until it ends or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    stream = state.queue.keys.events(record.id)
+    after = "0"
+    while (remaining := deadline - time.monotonic()) > 0:
+        block_ms = max(1, int(min(remaining, 1.0) * 1000))
+        for event in await read_events(state.redis, stream, after=after, block_ms=block_ms):
+            after = event.id
+            if event.name.is_terminal:
+                return await state.queue.get(record.id, owner)
+    return await state.queue.get(record.id, owner)
+
+
+async def accept(
+    body: JobRequest,
+    response: Response,
+    state: GatewayState,
+    *,
+    base_url: str,
+    request_id: str | None,
+    owner: str,
+    idempotency_key: str | None,
+    prefer: str | None,
+) -> Job:
+    """Create (or, for a known Idempotency-Key, find) the job, wait if asked, and shape the answer."""
+    if idempotency_key is None:
+        record = await create_job(body, state=state, owner=owner, request_id=request_id)
+    else:
+        digest = body_hash(body.task, body.model_dump(mode="json"))
+        existing = await state.idempotency.claim(owner, idempotency_key, digest)
+        if existing is not None:
+            record = await state.queue.get(existing, owner)
+            response.headers["Idempotent-Replayed"] = "true"
+        else:
+            try:
+                record = await create_job(body, state=state, owner=owner, request_id=request_id)
+            except BaseException:
+                await state.idempotency.release(owner, idempotency_key)
+                raise
+            await state.idempotency.complete(owner, idempotency_key, digest, record.id)
+    wait = _WAIT.search(prefer or "")
+    if wait is not None:
+        seconds = min(int(wait.group(1)), state.settings.max_wait_seconds)
+        response.headers["Preference-Applied"] = f"wait={seconds}"
+        if seconds > 0 and not record.status.is_terminal:
+            record = await _wait_until_done(state, record, owner, seconds)
+    if record.status.is_terminal:
+        response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"{base_url}/v1/jobs/{record.id}"
+    position = await state.queue.position(record)
     return job_view(
         record, position=position, store=state.store, base_url=base_url, url_ttl=state.settings.url_ttl_seconds
     )
@@ -54,9 +129,19 @@ async def _accept(body: JobRequest, response: Response, state: StateDep, base_ur
     responses=_ACCEPTED,
 )
 async def create_txt2img(
-    body: Txt2ImgRequest, response: Response, state: StateDep, base_url: BaseUrlDep, request_id: RequestIdDep
+    body: Txt2ImgRequest,
+    response: Response,
+    state: StateDep,
+    base_url: BaseUrlDep,
+    request_id: RequestIdDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> Job:
-    return await _accept(body, response, state, base_url, request_id)
+    return await accept(
+        body, response, state, base_url=base_url, request_id=request_id, owner=owner,
+        idempotency_key=idempotency_key, prefer=prefer,
+    )  # fmt: skip
 
 
 @router.post(
@@ -65,14 +150,24 @@ async def create_txt2img(
     response_model=Job,
     operation_id="createImg2ImgJob",
     summary="Transform an image guided by a prompt",
-    description="Accept an img2img job: `strength` sets how far the result departs from `image`; the output "
-    "is the image's size rounded to a multiple of 8 unless `width`/`height` say otherwise (`resize_mode`)." + _FOLLOW,
+    description="Accept an img2img job: `strength` sets how far the result departs from `image`; the output is "
+    "the image's size rounded to a multiple of 8 unless `width`/`height` say otherwise (`resize_mode`)." + _FOLLOW,
     responses=_ACCEPTED,
 )
 async def create_img2img(
-    body: Img2ImgRequest, response: Response, state: StateDep, base_url: BaseUrlDep, request_id: RequestIdDep
+    body: Img2ImgRequest,
+    response: Response,
+    state: StateDep,
+    base_url: BaseUrlDep,
+    request_id: RequestIdDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> Job:
-    return await _accept(body, response, state, base_url, request_id)
+    return await accept(
+        body, response, state, base_url=base_url, request_id=request_id, owner=owner,
+        idempotency_key=idempotency_key, prefer=prefer,
+    )  # fmt: skip
 
 
 @router.post(
@@ -81,15 +176,25 @@ async def create_img2img(
     response_model=Job,
     operation_id="createInpaintJob",
     summary="Repaint the masked part of an image",
-    description="Accept an inpaint job: white in `mask` (or transparency, with `mask_source: alpha`) is "
-    "repainted; wherever the final mask (after `mask_grow` and `mask_blur`) is 0, the output equals the input "
-    "bit for bit." + _FOLLOW,
+    description="Accept an inpaint job: white in `mask` (or transparency, with `mask_source: alpha`) is repainted; "
+    "wherever the final mask (after `mask_grow` and `mask_blur`) is 0, the output equals the input bit for bit."
+    + _FOLLOW,
     responses=_ACCEPTED,
 )
 async def create_inpaint(
-    body: InpaintRequest, response: Response, state: StateDep, base_url: BaseUrlDep, request_id: RequestIdDep
+    body: InpaintRequest,
+    response: Response,
+    state: StateDep,
+    base_url: BaseUrlDep,
+    request_id: RequestIdDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> Job:
-    return await _accept(body, response, state, base_url, request_id)
+    return await accept(
+        body, response, state, base_url=base_url, request_id=request_id, owner=owner,
+        idempotency_key=idempotency_key, prefer=prefer,
+    )  # fmt: skip
 
 
 @router.post(
@@ -98,11 +203,21 @@ async def create_inpaint(
     response_model=Job,
     operation_id="createOutpaintJob",
     summary="Extend an image beyond its borders",
-    description="Accept an outpaint job: the output is the image extended by exactly `left`, `right`, `top` "
-    "and `bottom` pixels; original pixels farther than `feather` from the new area are unchanged." + _FOLLOW,
+    description="Accept an outpaint job: the output is the image extended by exactly `left`, `right`, `top` and "
+    "`bottom` pixels; original pixels farther than `feather` from the new area are unchanged." + _FOLLOW,
     responses=_ACCEPTED,
 )
 async def create_outpaint(
-    body: OutpaintRequest, response: Response, state: StateDep, base_url: BaseUrlDep, request_id: RequestIdDep
+    body: OutpaintRequest,
+    response: Response,
+    state: StateDep,
+    base_url: BaseUrlDep,
+    request_id: RequestIdDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> Job:
-    return await _accept(body, response, state, base_url, request_id)
+    return await accept(
+        body, response, state, base_url=base_url, request_id=request_id, owner=owner,
+        idempotency_key=idempotency_key, prefer=prefer,
+    )  # fmt: skip

@@ -62,6 +62,8 @@ def job_view(
         manifest_url=manifest_url,
         mask_url=mask_url,
         error=record.error,
+        cancel_requested=record.cancel_requested and not record.status.is_terminal,
+        purged=record.purged,
         timings=Timings.model_validate({k: round(v, 2) for k, v in record.timings.items()}),
         metadata=record.metadata,
         links={"self": self_url, "events": f"{self_url}/events", "cancel": f"{self_url}/cancel"},

@@ -1,0 +1,215 @@
+"""Webhooks: the SSRF guard, Standard Webhooks signing, and one delivery attempt.
+
+The guard runs twice: when a job is submitted (422 for a bad callback URL) and again before every
+delivery, and a delivery connects only to an address the guard has just checked (the URL's host is
+resolved once, the checked IP is dialled, the original host goes in ``Host`` and TLS SNI), so a DNS
+answer that changes between check and connect (rebinding) cannot reach a private address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from sdserve.errors import FieldError, InvalidRequest
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+class UnsafeWebhookUrl(InvalidRequest):
+    """A callback URL that sdserve will not call."""
+
+    slug = "unsafe-webhook-url"
+    title = "The webhook URL is not allowed"
+
+    def __init__(self, reason: str, *, permanent: bool = True) -> None:
+        super().__init__(f"webhook.url: {reason}", errors=[FieldError("body.webhook.url", reason)])
+        self.reason = reason
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """What callback URLs may be: ports, and the operator's allow-list (which skips the address check)."""
+
+    allowed_ports: frozenset[int]
+    allowed_hosts: frozenset[str]
+    allowed_networks: tuple[IPNetwork, ...]
+
+    @classmethod
+    def build(cls, ports: list[int], hosts: list[str], networks: list[str]) -> WebhookPolicy:
+        return cls(
+            allowed_ports=frozenset(ports),
+            allowed_hosts=frozenset(h.lower() for h in hosts),
+            allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in networks),
+        )
+
+
+def address_problem(ip: IPAddress) -> str | None:
+    """Why an address may not be called, or None if it is a public unicast address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if mapped is not None:
+            return address_problem(mapped) or "IPv4-mapped or tunnelled IPv6 addresses are not allowed"
+    checks = (
+        (ip.is_loopback, "loopback"),
+        (ip.is_private, "private"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_reserved, "reserved"),
+        (ip.is_unspecified, "unspecified"),
+        (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT, "carrier-grade NAT"),
+        (not ip.is_global, "not globally routable"),
+    )
+    for bad, name in checks:
+        if bad:
+            return f"{ip} is a {name} address"
+    return None
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address a host name resolves to (the OS resolver, so 2130706433 and 0x7f.1 count too)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UnsafeWebhookUrl(f"host {host!r} does not resolve ({exc.strerror})", permanent=False) from None
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+@dataclass(frozen=True)
+class CheckedTarget:
+    """A callback URL and the one address that was checked for it."""
+
+    url: str
+    host: str
+    port: int
+    address: IPAddress
+
+
+async def check_url(url: str, policy: WebhookPolicy) -> CheckedTarget:
+    """Refuse URLs that are not http(s) on an allowed port or that reach non-public addresses."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeWebhookUrl("only http and https URLs are allowed")
+    if parts.username or parts.password:
+        raise UnsafeWebhookUrl("credentials in the URL are not allowed")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise UnsafeWebhookUrl("the URL has no host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UnsafeWebhookUrl("the port is not valid") from None
+    addresses = await resolve(host, port)
+    if not addresses:
+        raise UnsafeWebhookUrl(f"host {host!r} does not resolve")
+    trusted = host in policy.allowed_hosts or all(any(a in net for net in policy.allowed_networks) for a in addresses)
+    if not trusted:
+        if port not in policy.allowed_ports:
+            allowed = ", ".join(str(p) for p in sorted(policy.allowed_ports))
+            raise UnsafeWebhookUrl(f"port {port} is not allowed (allowed: {allowed})")
+        for address in addresses:
+            problem = address_problem(address)
+            if problem is not None:
+                raise UnsafeWebhookUrl(f"{host} resolves to {problem}")
+    return CheckedTarget(url=url, host=host, port=port, address=addresses[0])
+
+
+def sign(secret: str, webhook_id: str, timestamp: datetime, body: str) -> str:
+    """The ``webhook-signature`` header value (``v1,<base64 HMAC-SHA256>``) for a body."""
+    return str(Webhook(secret).sign(webhook_id, timestamp, body))
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """One delivery attempt."""
+
+    ok: bool
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    retry_after: float | None = None
+    gone: bool = False
+
+    def log_entry(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "status_code": self.status_code,
+            "error": self.error,
+            "duration_ms": round(self.duration_ms, 1),
+            "ok": self.ok,
+            **extra,
+        }
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+async def deliver(
+    client: httpx.AsyncClient,
+    *,
+    url: str,
+    policy: WebhookPolicy,
+    secret: str,
+    webhook_id: str,
+    body: str,
+    timeout: float,
+) -> AttemptResult:
+    """POST one signed delivery: 2xx succeeds; redirects fail (never followed); 410 means stop."""
+    started = time.perf_counter()
+    try:
+        target = await check_url(url, policy)
+    except UnsafeWebhookUrl as exc:
+        elapsed = (time.perf_counter() - started) * 1000
+        return AttemptResult(False, None, f"refused: {exc.reason}", elapsed, gone=exc.permanent)
+    parts = urlsplit(url)
+    ip = f"[{target.address}]" if target.address.version == 6 else str(target.address)
+    direct = urlunsplit(parts._replace(netloc=f"{ip}:{target.port}"))
+    timestamp = datetime.now(UTC)
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "sdserve-webhooks/1",
+        "host": parts.netloc.rsplit("@", 1)[-1],
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(timestamp.timestamp())),
+        "webhook-signature": sign(secret, webhook_id, timestamp, body),
+    }
+    extensions = {"sni_hostname": target.host} if parts.scheme == "https" else {}
+    try:
+        response = await client.post(
+            direct, content=body.encode(), headers=headers, timeout=timeout, extensions=extensions
+        )
+    except httpx.TimeoutException:
+        return AttemptResult(False, None, "timeout", (time.perf_counter() - started) * 1000)
+    except httpx.HTTPError as exc:
+        return AttemptResult(False, None, exc.__class__.__name__, (time.perf_counter() - started) * 1000)
+    elapsed = (time.perf_counter() - started) * 1000
+    code = response.status_code
+    if 200 <= code < 300:
+        return AttemptResult(True, code, None, elapsed)
+    error = "redirects are not followed" if 300 <= code < 400 else f"HTTP {code}"
+    return AttemptResult(
+        False, code, error, elapsed, retry_after=_retry_after(response.headers.get("retry-after")), gone=code == 410
+    )

@@ -1,0 +1,275 @@
+"""Webhooks end to end: a real receiver on loopback, the real dispatcher, Standard Webhooks verification."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+from standardwebhooks.webhooks import Webhook
+
+from sdserve.dispatcher import Dispatcher
+from sdserve.settings import Settings
+from sdserve.store import LocalStore
+from sdserve.webhooks import WebhookPolicy
+from tests.receiver import Receiver, Reply
+
+pytestmark = pytest.mark.integration
+
+BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 3}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Loopback receivers are allow-listed (as an operator would allow an in-cluster network)."""
+    return settings.model_copy(
+        update={
+            "webhook_allowed_networks": ["127.0.0.0/8"],
+            "webhook_retry_schedule": [0.3, 0.6, 0.9],
+            "webhook_timeout_seconds": 2.0,
+        }
+    )
+
+
+class RunningDispatcher:
+    """The dispatcher on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        self.kwargs = kwargs
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.ready = threading.Event()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            client = aioredis.Redis.from_url(self.settings.redis_url)
+            store = LocalStore(self.settings.objects_dir, self.settings.signing_key())
+            self.dispatcher = Dispatcher(self.settings, client, store, **self.kwargs)
+            self.ready.set()
+            await self.dispatcher.run()
+            await client.aclose()
+
+        self.loop.run_until_complete(main())
+
+    def __enter__(self) -> RunningDispatcher:
+        self.thread.start()
+        self.ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.dispatcher.stopping.set)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def dispatcher(settings: Settings, redis_client: redis.Redis) -> Iterator[RunningDispatcher]:
+    with RunningDispatcher(settings) as running:
+        yield running
+
+
+def submit(client: httpx.Client, url: str, events: list[str] | None = None, **extra: Any) -> str:
+    webhook: dict[str, Any] = {"url": url}
+    if events is not None:
+        webhook["events"] = events
+    response = client.post("/v1/txt2img", json={**BODY, "webhook": webhook, **extra})
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def test_terminal_delivery_is_signed_thin_and_verifiable(
+    client: httpx.Client, run_worker: Any, settings: Settings, dispatcher: RunningDispatcher
+) -> None:
+    with Receiver() as receiver:
+        job_id = submit(client, receiver.url, metadata={"order": "42"})
+        run_worker()
+        (got,) = receiver.wait(1)
+        payload = Webhook(settings.webhook_signing_secret()).verify(got.body, got.headers)
+        assert payload["type"] == "job.succeeded"
+        data = payload["data"]
+        assert data["id"] == job_id and data["status"] == "succeeded" and data["metadata"] == {"order": "42"}
+        assert data["images"][0]["url"].startswith("http") and data["images"][0]["seed"] >= 0
+        assert "request" not in data and "Traceback" not in got.body.decode()
+        assert got.headers["webhook-id"] == f"msg_{job_id}.succeeded"
+        assert got.headers["content-type"] == "application/json"
+        time.sleep(0.5)
+        assert len(receiver.received) == 1  # terminal only, by default
+        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
+        assert log["pending"] == 0 and [(d["event"], d["status_code"], d["ok"]) for d in log["data"]] == [
+            ("succeeded", 200, True)
+        ]
+
+
+def test_retries_keep_the_id_and_follow_the_schedule(
+    client: httpx.Client, run_worker: Any, settings: Settings, dispatcher: RunningDispatcher
+) -> None:
+    with Receiver([Reply(500), Reply(502), Reply(200)]) as receiver:
+        job_id = submit(client, receiver.url)
+        run_worker()
+        attempts = receiver.wait(3)
+        assert len({a.headers["webhook-id"] for a in attempts}) == 1
+        gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
+        assert gaps[0] >= 0.3 * 0.8 and gaps[1] >= 0.6 * 0.8, gaps
+        for attempt in attempts:  # each retry is signed afresh, and verifies
+            Webhook(settings.webhook_signing_secret()).verify(attempt.body, attempt.headers)
+        time.sleep(0.3)
+        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
+        assert [d["status_code"] for d in log["data"]] == [500, 502, 200]
+        assert [d["attempt"] for d in log["data"]] == [1, 2, 3]
+
+
+def test_gives_up_after_the_schedule(client: httpx.Client, run_worker: Any, dispatcher: RunningDispatcher) -> None:
+    with Receiver([Reply(500)]) as receiver:
+        job_id = submit(client, receiver.url)
+        run_worker()
+        receiver.wait(4)  # the first attempt and three retries
+        time.sleep(1.5)
+        assert len(receiver.received) == 4
+        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
+        assert log["pending"] == 0 and log["data"][-1]["next_attempt_in"] is None
+
+
+def test_redirects_are_failures_and_never_followed(
+    client: httpx.Client, run_worker: Any, dispatcher: RunningDispatcher
+) -> None:
+    with Receiver() as target, Receiver([Reply(302, {"Location": "PLACEHOLDER"}), Reply(200)]) as receiver:
+        receiver.replies[0].headers["Location"] = target.url
+        job_id = submit(client, receiver.url)
+        run_worker()
+        receiver.wait(2)
+        assert target.received == []
+        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()["data"]
+        assert log[0]["status_code"] == 302 and "redirect" in log[0]["error"] and log[1]["ok"]
+
+
+def test_410_stops_and_retry_after_is_honoured(
+    client: httpx.Client, run_worker: Any, dispatcher: RunningDispatcher
+) -> None:
+    with Receiver([Reply(410)]) as gone, Receiver([Reply(503, {"Retry-After": "2"}), Reply(200)]) as slow:
+        gone_id = submit(client, gone.url)
+        submit(client, slow.url)
+        run_worker()
+        first, second = slow.wait(2)
+        assert second.at - first.at >= 1.9  # Retry-After (2 s) beats the schedule's 0.3 s
+        time.sleep(1.0)
+        assert len(gone.received) == 1
+        assert client.get(f"/v1/jobs/{gone_id}/webhook-deliveries").json()["data"][0]["status_code"] == 410
+
+
+def test_progress_and_started_events_when_asked(
+    client: httpx.Client, run_worker: Any, dispatcher: RunningDispatcher
+) -> None:
+    with Receiver() as receiver:
+        submit(client, receiver.url, events=["started", "progress", "succeeded"], steps=3)
+        run_worker()
+        got = receiver.wait(3, predicate=lambda: any(b"job.succeeded" in r.body for r in receiver.received))
+        kinds = [json.loads(r.body)["type"] for r in got]
+        assert kinds[0] == "job.started" and kinds[-1] == "job.succeeded"
+        assert 1 <= kinds.count("job.progress") <= 3  # throttled, best effort
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",
+        "http://localhost:8080/hook",  # a name that resolves to loopback
+        "http://2130706433/hook",  # 127.0.0.1, decimal
+        "http://0177.0.0.1/hook",  # octal
+        "http://0x7f.0.0.1/hook",  # hex
+        "http://10.1.2.3/hook",
+        "http://172.16.5.4/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data",  # link-local (cloud metadata)
+        "http://100.64.0.1/hook",  # carrier-grade NAT
+        "http://224.0.0.1/hook",  # multicast
+        "http://0.0.0.0/hook",
+        "http://240.0.0.1/hook",  # reserved
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",  # IPv4-mapped IPv6
+        "http://[::ffff:7f00:1]/hook",
+        "http://[fe80::1]/hook",
+        "http://[fc00::1]/hook",
+        "ftp://8.8.8.8/hook",
+        "http://8.8.8.8:22/hook",  # a port that is not allowed
+        "http://user:pw@8.8.8.8/hook",
+    ],
+)
+def test_ssrf_guard_refuses_every_private_address_class_at_submit(
+    client: httpx.Client, settings: Settings, url: str
+) -> None:
+    strict = settings.model_copy(update={"webhook_allowed_networks": []})
+    from app.main import create_app
+    from tests.conftest import LiveServer
+
+    with LiveServer(create_app(strict)) as server:
+        response = httpx.post(f"{server.url}/v1/txt2img", json={**BODY, "webhook": {"url": url}})
+    assert response.status_code == 422, (url, response.text)
+    assert response.json()["errors"][0]["field"] in ("body.webhook.url",)
+
+
+def test_the_guard_runs_again_at_delivery(
+    client: httpx.Client, run_worker: Any, settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Accepted while loopback was allowed; the dispatcher's policy no longer allows it: never called."""
+    strict = WebhookPolicy.build([80, 443], [], [])
+    with Receiver() as receiver, RunningDispatcher(settings, policy=strict):
+        job_id = submit(client, receiver.url)
+        run_worker()
+        deadline = time.monotonic() + 10
+        while not client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()["data"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
+        assert receiver.received == []
+        assert log["data"][0]["error"].startswith("refused") and log["pending"] == 0
+
+
+def test_a_pending_delivery_survives_a_dispatcher_restart(
+    client: httpx.Client, run_worker: Any, settings: Settings, redis_client: redis.Redis
+) -> None:
+    with Receiver() as receiver:
+        job_id = submit(client, receiver.url)
+        run_worker()  # the delivery is due; no dispatcher runs yet
+        with RunningDispatcher(settings, lease_seconds=1.0) as first:
+            # The first dispatcher leases the delivery and dies before sending it (simulated: it only claims).
+            first.loop.call_soon_threadsafe(first.dispatcher.stopping.set)
+        leased = asyncio.run(_claim_only(settings))
+        assert leased == [f"{job_id}.succeeded"] or receiver.received
+        with RunningDispatcher(settings, lease_seconds=1.0):
+            (got,) = receiver.wait(1, timeout=10)
+        assert got.headers["webhook-id"] == f"msg_{job_id}.succeeded"
+
+
+async def _claim_only(settings: Settings) -> list[str]:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    dispatcher = Dispatcher(settings, client, LocalStore(settings.objects_dir, b"k"), lease_seconds=1.0)
+    try:
+        return await dispatcher.claim(10)
+    finally:
+        await client.aclose()
+
+
+def test_redeliver_sends_the_terminal_event_with_a_new_id(
+    client: httpx.Client, run_worker: Any, settings: Settings, dispatcher: RunningDispatcher
+) -> None:
+    with Receiver() as receiver:
+        job_id = submit(client, receiver.url)
+        run_worker()
+        receiver.wait(1)
+        answer = client.post(f"/v1/jobs/{job_id}/webhook-deliveries/redeliver")
+        assert answer.status_code == 202
+        first, second = receiver.wait(2)
+        assert first.headers["webhook-id"] != second.headers["webhook-id"]
+        assert json.loads(second.body)["type"] == "job.succeeded"
+        Webhook(settings.webhook_signing_secret()).verify(second.body, second.headers)
+    no_hook = client.post("/v1/txt2img", json=BODY).json()["id"]
+    assert client.post(f"/v1/jobs/{no_hook}/webhook-deliveries/redeliver").status_code == 409
