@@ -10,7 +10,7 @@ from app.state import GatewayState
 from sdserve.queue import ANONYMOUS, JobQueue
 from sdserve.registry import Registry
 from sdserve.settings import Settings
-from sdserve.store import LocalStore
+from sdserve.store import ObjectStore
 
 
 def get_state(request: Request) -> GatewayState:
@@ -30,7 +30,7 @@ def get_registry(request: Request) -> Registry:
     return get_state(request).registry
 
 
-def get_store(request: Request) -> LocalStore:
+def get_store(request: Request) -> ObjectStore:
     return get_state(request).store
 
 
@@ -55,7 +55,7 @@ StateDep = Annotated[GatewayState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
-StoreDep = Annotated[LocalStore, Depends(get_store)]
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
 BaseUrlDep = Annotated[str, Depends(get_base_url)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]
 OwnerDep = Annotated[str, Depends(get_owner)]

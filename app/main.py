@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,8 +22,8 @@ from sdserve.keys import Keys
 from sdserve.logs import configure_logging
 from sdserve.queue import JobQueue
 from sdserve.registry import Registry
+from sdserve.s3store import S3Store, open_store
 from sdserve.settings import Settings
-from sdserve.store import LocalStore
 from sdserve.uploads import Uploads
 from sdserve.webhooks import WebhookPolicy
 
@@ -56,7 +57,7 @@ def build_state(settings: Settings) -> GatewayState:
         job_ttl=settings.job_ttl_seconds,
         job_timeout=settings.job_timeout_seconds,
     )
-    store = LocalStore(settings.objects_dir, settings.signing_key())
+    store = open_store(settings, signing_key=settings.signing_key())
     return GatewayState(
         settings=settings,
         registry=Registry.load(settings.registry_file, settings.default_model),
@@ -81,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("gateway starting", extra={"version": __version__, "redis": settings.redis_url})
+        if isinstance(state.store, S3Store):
+            mode = await asyncio.to_thread(state.store.apply_retention)
+            log.info("object store %r: retention %s", state.store, mode)
         yield
         await state.close()
 

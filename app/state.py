@@ -12,7 +12,7 @@ from sdserve.idempotency import Idempotency
 from sdserve.queue import JobQueue
 from sdserve.registry import Registry
 from sdserve.settings import Settings
-from sdserve.store import LocalStore
+from sdserve.store import ObjectStore
 from sdserve.uploads import Uploads
 from sdserve.webhooks import WebhookPolicy
 
@@ -26,7 +26,7 @@ class GatewayState:
     redis: aioredis.Redis
     rq_connection: SyncRedis
     queue: JobQueue
-    store: LocalStore
+    store: ObjectStore
     uploads: Uploads
     deliveries: Deliveries
     idempotency: Idempotency

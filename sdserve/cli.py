@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="Port to listen on (SDSERVE_PORT).")
     worker = sub.add_parser("worker", help="Run one worker (one per GPU).")
     sub.add_parser("webhooks", help="Run the webhook dispatcher (sends signed deliveries, with retries).")
+    sub.add_parser(
+        "purge", help="Delete stored objects older than SDSERVE_RETENTION_DAYS (stores without lifecycle rules)."
+    )
     for p in (up, worker):
         p.add_argument("--models", help="Comma-separated models to serve (SDSERVE_WORKER_MODELS).")
     return parser
@@ -72,6 +75,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Library chatter (progress bars, deprecation notes) would break the one-JSON-line-per-event logs.
         for name, value in QUIET_LIBRARIES.items():
             os.environ.setdefault(name, value)
+    if args.command == "purge":
+        from sdserve.s3store import S3Store, open_store
+
+        store = open_store(settings, signing_key=None)
+        if not isinstance(store, S3Store):
+            sys.exit("sdserve purge: only the s3 store is purged this way")
+        print(f"purged {store.purge_expired()} objects")
+        return
     if args.command == "up":
         from sdserve.launcher import Launcher
 

@@ -173,7 +173,11 @@ class Dispatcher:
         """Send deliveries until ``stopping`` is set; waits for the ones in flight to finish."""
         limits = httpx.Limits(max_connections=self.settings.webhook_concurrency)
         async with httpx.AsyncClient(follow_redirects=False, limits=limits, trust_env=False) as client:
+            touched = 0.0
             while not self.stopping.is_set():
+                if self.settings.ready_file is not None and time.monotonic() - touched > 5:
+                    self.settings.ready_file.touch()  # alive and in touch with Redis: probes read its age
+                    touched = time.monotonic()
                 free = self.settings.webhook_concurrency - len(self._tasks)
                 if free <= 0:
                     await asyncio.wait(self._tasks, timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
@@ -196,6 +200,8 @@ class Dispatcher:
                         await asyncio.wait_for(self.stopping.wait(), timeout=0.2)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.settings.ready_file is not None:
+                self.settings.ready_file.unlink(missing_ok=True)
 
 
 def serve(settings: Settings) -> None:

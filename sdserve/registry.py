@@ -181,6 +181,19 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         default_guidance=5.0,
         default_scheduler="euler",
     ),
+    "demo": ModelSpec(
+        name="demo",
+        source="builtin:demo",
+        family="sd1",
+        description="A small Stable Diffusion 1.x model trained by sdserve on synthetic scenes: one or two "
+        "coloured shapes (circle, square, triangle, star, ring, cross) on a plain or gradient background, "
+        "e.g. 'a red circle on a blue background'. Shipped in the repository (fp16, 25 MB); about a second "
+        "per 256x256 image on a CPU. See docs/demo-model.md.",
+        native_size=256,
+        default_steps=20,
+        default_guidance=5.0,
+        default_scheduler="euler",
+    ),
 }
 
 

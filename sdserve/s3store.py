@@ -115,7 +115,7 @@ class S3Store:
             raise ValueError("SDSERVE_STORE=s3 needs SDSERVE_S3_BUCKET (the bucket that holds inputs and outputs)")
         endpoint = str(settings.s3_endpoint_url).rstrip("/") if settings.s3_endpoint_url else None
         # SDSERVE_S3_PUBLIC_ENDPOINT_URL: proposed setting (docs/operations.md); read only where it exists.
-        public = getattr(settings, "s3_public_endpoint_url", None)
+        public = settings.s3_public_endpoint_url
         return cls(
             settings.s3_bucket,
             prefix=settings.s3_prefix,

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     """S3 region; unset: the usual AWS chain decides. Credentials always come from the usual chain."""
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     """Bucket addressing; MinIO usually needs path."""
+    s3_public_endpoint_url: AnyHttpUrl | None = None
+    """S3 endpoint as clients reach it, for presigned URLs (default: s3_endpoint_url)."""
     retention_days: int | None = Field(default=None, ge=1, le=3650)
     """Delete a job's stored objects after this many days (lifecycle rule where supported, else a purge)."""
 
@@ -134,6 +136,8 @@ class Settings(BaseSettings):
     """LoRA adapters kept loaded per model (least recently used unloaded first)."""
     preview_every_steps: int = Field(default=5, ge=0, le=150)
     """Send a small preview image with every Nth progress event (0: never)."""
+    ready_file: Path | None = None
+    """File the worker (and the dispatcher) touches once ready and on every heartbeat; probes read its age."""
     warmup: bool = True
     """Run one small generation per model before reporting ready."""
     torch_threads: int | None = Field(default=None, ge=1)

@@ -161,7 +161,7 @@ def pipelines(models_cache: Path) -> Any:
 def run_burst(settings: Settings, connection: redis.Redis, pipelines: Any, name: str | None = None) -> Any:
     """Run a real worker (on the given warm pipelines) in this thread until its queues are empty."""
     from sdserve.keys import Keys
-    from sdserve.store import LocalStore
+    from sdserve.s3store import open_store
     from sdserve.tracker import JobTracker
     from worker import jobs
     from worker.main import make_worker
@@ -171,7 +171,7 @@ def run_burst(settings: Settings, connection: redis.Redis, pipelines: Any, name:
         settings=settings,
         registry=pipelines.registry,
         pipelines=pipelines,
-        store=LocalStore(settings.objects_dir),
+        store=open_store(settings, signing_key=None),
         tracker=JobTracker(connection, Keys(settings.key_prefix)),
         device=pipelines.device,
         name=name or f"test-worker-{uuid.uuid4().hex[:6]}",

@@ -254,8 +254,17 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+"""The trained ``demo`` model, shipped in the repository as a diffusers folder (docs/demo-model.md)."""
+
+
 def ensure_builtin(name: str, models_dir: Path) -> Path:
-    """The folder of a built-in model, generated on first use (safe with several workers at once)."""
+    """The folder of a built-in model, generated on first use (safe with several workers at once).
+
+    ``demo`` is not generated: its trained weights ship with the package.
+    """
+    if name == "demo":
+        return DEMO_DIR
     try:
         version, build = BUILDERS[name]
     except KeyError:

@@ -17,8 +17,8 @@ from sdserve.keys import Keys
 from sdserve.logs import configure_logging
 from sdserve.queue import rq_queue
 from sdserve.registry import Registry
+from sdserve.s3store import open_store
 from sdserve.settings import Settings
-from sdserve.store import LocalStore
 from sdserve.tracker import JobTracker
 from worker import jobs
 from worker.device import DeviceConfig
@@ -62,7 +62,7 @@ def build_runtime(settings: Settings, connection: redis.Redis, name: str) -> Run
         settings=settings,
         registry=registry,
         pipelines=pipelines,
-        store=LocalStore(settings.objects_dir),
+        store=open_store(settings, signing_key=None),
         tracker=JobTracker(connection, Keys(settings.key_prefix)),
         device=device,
         name=name,
@@ -84,6 +84,7 @@ def make_worker(settings: Settings, connection: redis.Redis, runtime: Runtime) -
             settings.worker_models, runtime.pipelines.loaded(), runtime.device.describe(), ready=True
         ),
         served=list(settings.worker_models),
+        ready_file=settings.ready_file,
     )
 
 

@@ -8,6 +8,7 @@ light per-job view with its own scheduler (``view``), which shares every weight 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import inspect
 import logging
 import time
@@ -56,6 +57,7 @@ class LoadedModel:
     path: str
     load_seconds: float
     bytes: int = 0
+    attention: str = "sdpa"
     adapters: AdapterSet | None = None
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -76,6 +78,19 @@ class LoadedModel:
         view = cls(**{**derived.components, **options, "scheduler": fresh})
         view.set_progress_bar_config(disable=True)
         return view
+
+
+def select_attention(pipe: Any, device: torch.device) -> str:
+    """xformers' memory-efficient attention where installed and working, else PyTorch SDPA (diffusers' default)."""
+    if device.type == "cuda" and importlib.util.find_spec("xformers") is not None:
+        try:
+            pipe.enable_xformers_memory_efficient_attention()
+        except Exception as exc:  # a wheel for another torch/CUDA, an unsupported GPU
+            log.warning("xformers present but unusable (%s: %s): using PyTorch SDPA", type(exc).__name__, exc)
+            pipe.disable_xformers_memory_efficient_attention()
+        else:
+            return "xformers"
+    return "sdpa"
 
 
 def model_bytes(pipe: Any) -> int:
@@ -174,6 +189,7 @@ class PipelineCache:
         size = model_bytes(pipe)
         self._make_room(keep=name, incoming=size)
         pipe.to(self.device.device)
+        attention = select_attention(pipe, self.device.device)
         load_embeddings(pipe, self.registry.embeddings_for(spec), self.resolve_file)
         loaded = LoadedModel(
             spec=spec,
@@ -185,7 +201,11 @@ class PipelineCache:
         )
         self._loaded[name] = loaded
         self.loads[name] += 1
-        log.info("loaded model %s from %s in %.2fs (%.1f MB)", name, source, loaded.load_seconds, size / 1e6)
+        loaded.attention = attention
+        log.info(
+            "loaded model %s from %s in %.2fs (%.1f MB, attention: %s)",
+            name, source, loaded.load_seconds, size / 1e6, attention,
+        )  # fmt: skip
         return loaded
 
     def loaded(self) -> list[str]:

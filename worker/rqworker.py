@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -38,6 +39,7 @@ class SdWorker(SimpleWorker):
         heartbeat_seconds: float,
         presence: Callable[[], dict[str, str]],
         served: list[str],
+        ready_file: Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -45,6 +47,7 @@ class SdWorker(SimpleWorker):
         self.heartbeat_seconds = heartbeat_seconds
         self.presence = presence
         self.served = served
+        self.ready_file = ready_file
         # Signals only reach the main thread; elsewhere (tests, embedding) time out with a timer.
         in_main = threading.current_thread() is threading.main_thread()
         self.death_penalty_class = UnixSignalDeathPenalty if in_main else TimerDeathPenalty
@@ -70,6 +73,8 @@ class SdWorker(SimpleWorker):
             pipe.zadd(self.sd_keys.workers(), {self.name: now})
             pipe.zadd(self.sd_keys.served_models(), dict.fromkeys(self.served, now))
             pipe.execute()
+        if self.ready_file is not None:
+            self.ready_file.touch()  # warm (work() starts after warm-up) and in touch with Redis
 
     def retire(self) -> None:
         """Remove the presence record (clean shutdown)."""
@@ -116,6 +121,8 @@ class SdWorker(SimpleWorker):
         finally:
             self._stop_beating.set()
             self.retire()
+            if self.ready_file is not None:
+                self.ready_file.unlink(missing_ok=True)
 
     @staticmethod
     def presence_fields(models: list[str], resident: list[str], device: str, ready: bool) -> dict[str, str]:

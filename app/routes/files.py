@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from app.deps import StoreDep
 from app.errors import problem_responses
 from sdserve.errors import InvalidRequest, NotFound
+from sdserve.store import LocalStore
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -40,6 +41,8 @@ async def get_file(
         str, Query(max_length=128, description="HMAC signature, from the signed URL.", examples=["101b7aa3"])
     ],
 ) -> FileResponse:
+    if not isinstance(store, LocalStore):  # S3 results come straight from the bucket
+        raise NotFound("no such file")
     try:
         valid = store.verify(key, expires, signature)
         path = store.path(key)

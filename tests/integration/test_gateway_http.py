@@ -76,7 +76,7 @@ def test_unknown_names_are_422_at_the_gateway(client: httpx.Client) -> None:
     assert_problem(client.post("/v1/txt2img", json={**SMALL, "model": "sd-nope"}), 422, "unknown-name")
     assert_problem(client.post("/v1/txt2img", json={**SMALL, "style": "nope"}), 422, "unknown-name")
     body = assert_problem(client.post("/v1/txt2img", json={**SMALL, "loras": [{"name": "nope"}]}), 422, "unknown-name")
-    assert body["errors"][0]["field"] == "body.loras"
+    assert body["errors"][0]["field"] == "body.loras.0.name"
 
 
 def test_malformed_json_and_wrong_types(client: httpx.Client) -> None:

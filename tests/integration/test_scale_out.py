@@ -1,0 +1,228 @@
+"""Scale-out on one machine: several `sdserve worker` processes on one queue.
+
+Workers are real subprocesses (`sdserve worker`, the tiny model on the CPU, one torch thread each)
+sharing one Redis queue and one store; jobs go in through the real gateway. Every job must run exactly
+once (one start, one attempt, one result), and the throughput of two workers must beat one's on this
+2-core machine.
+
+Timing on a shared 2-core machine is noisy, and noise only ever slows a burst down. So the bursts run
+in the order 1, 2, 2, 1 workers (a linear drift in background load hits both sides alike) and each
+side keeps its fastest burst; if the speed-up still falls short, one more 2-then-1 round runs. Each
+worker runs in its own session, as `sdserve up` starts its children: with the kernel's autogroup
+scheduling a session shares the CPU with other sessions as one unit, so workers started inside the test's
+session would split one share between them. The report gives the CPU seconds each configuration got:
+on a machine busy with other work, two workers cannot get two cores, and the test says so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from sdserve.keys import Keys
+from sdserve.records import JobRecord
+from sdserve.settings import Settings
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+SDSERVE = str(Path(sys.executable).with_name("sdserve"))
+JOBS_PER_BURST = 16
+REQUEST = {"prompt": "a lighthouse, scaled out", "width": 64, "height": 64, "steps": 8}
+MIN_SPEEDUP = 1.3
+STARVED_CORES = 1.5
+"""Below this many cores for two workers, other processes held the machine (see the end of the test)."""
+TERMINAL = {b"succeeded", b"failed", b"canceled"}
+
+
+class Workers:
+    """`sdserve worker` subprocesses for one deployment (prefix, Redis, store, models cache)."""
+
+    def __init__(self, settings: Settings, models_cache: Path, folder: Path, client: redis.Redis) -> None:
+        self.settings = settings
+        self.models_cache = models_cache
+        self.folder = folder
+        self.redis = client
+        self.keys = Keys(settings.key_prefix)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SDSERVE_")}
+        env |= {
+            "SDSERVE_REDIS_URL": self.settings.redis_url,
+            "SDSERVE_KEY_PREFIX": self.settings.key_prefix,
+            "SDSERVE_DATA_DIR": str(self.settings.data_dir),
+            "SDSERVE_MODELS_CACHE_DIR": str(self.models_cache),
+            "SDSERVE_WORKER_NAME": name,
+            "SDSERVE_WORKER_MODELS": "tiny",
+            "SDSERVE_DEVICE": "cpu",
+            "SDSERVE_TORCH_THREADS": "1",
+            "SDSERVE_WARMUP": "false",
+            "SDSERVE_HEARTBEAT_SECONDS": "1",
+            "SDSERVE_LOG_LEVEL": "warning",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+        log = (self.folder / f"{name}.log").open("wb")
+        # The working directory is empty: no stray .env is read.
+        self.procs[name] = subprocess.Popen(
+            [SDSERVE, "worker"],
+            cwd=self.folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: self.redis.hget(self.keys.worker(name), "ready") == b"1" or self.exited(name), timeout=180)
+        assert not self.exited(name), self.log(name)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the running workers have used so far."""
+        total = 0.0
+        for proc in self.procs.values():
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def exited(self, name: str) -> bool:
+        return self.procs[name].poll() is not None
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def stop(self, name: str) -> None:
+        """SIGTERM: RQ's warm shutdown (an idle worker exits at once, a busy one after its job)."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"worker {name} ignored SIGTERM")
+        wait_for(lambda: not self.redis.exists(self.keys.worker(name)), timeout=10)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def burst(client: httpx.Client, workers: Workers, n: int) -> tuple[float, list[JobRecord]]:
+    """Submit n jobs at once; return the wall time until the last one finished, and the records."""
+    keys = workers.keys
+    started = time.time()
+    ids = []
+    for _ in range(n):
+        response = client.post("/v1/txt2img", json=REQUEST)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+
+    def finished() -> bool:
+        with workers.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(keys.job(job_id), "status")
+            return all(status in TERMINAL for status in pipe.execute())
+
+    wait_for(finished, timeout=300, interval=0.25)  # a slow poll: the workers need the CPU
+    records = [JobRecord.from_hash(workers.redis.hgetall(keys.job(job_id))) for job_id in ids]
+    assert all(r.finished_at is not None for r in records)
+    return max(r.finished_at or 0.0 for r in records) - started, records
+
+
+def warm(client: httpx.Client, workers: Workers, names: set[str]) -> list[JobRecord]:
+    """Small bursts until every named worker has run a job (the first job of a process is slower)."""
+    seen: set[str] = set()
+    records: list[JobRecord] = []
+    for _ in range(6):
+        _, batch = burst(client, workers, 2 * len(names))
+        records += batch
+        seen |= {r.worker or "" for r in batch}
+        if names <= seen:
+            return records
+    pytest.fail(f"workers {names - seen} never took a job")
+
+
+def test_every_job_runs_once_and_two_workers_beat_one(
+    client: httpx.Client,
+    settings: Settings,
+    redis_client: redis.Redis,
+    models_cache: Path,
+    tmp_path: Path,
+) -> None:
+    workers = Workers(settings, models_cache, tmp_path, redis_client)
+    every: list[JobRecord] = []
+    timings: dict[int, list[float]] = {1: [], 2: []}
+    cores: dict[int, list[float]] = {1: [], 2: []}  # CPU seconds the workers got per wall second
+
+    def measure(count: int, expected_workers: set[str]) -> None:
+        cpu = workers.cpu_seconds()
+        wall, records = burst(client, workers, JOBS_PER_BURST)
+        cores[count].append((workers.cpu_seconds() - cpu) / wall)
+        every.extend(records)
+        ran = Counter(r.worker for r in records)
+        assert set(ran) == expected_workers, ran
+        if count == 2:  # both take their share of the one queue
+            assert min(ran.values()) >= JOBS_PER_BURST // 4, ran
+        timings[count].append(wall)
+
+    try:
+        workers.start("w1")  # the first start also generates the tiny model into the shared cache
+        every += warm(client, workers, {"w1"})
+        measure(1, {"w1"})
+        workers.start("w2")
+        every += warm(client, workers, {"w1", "w2"})
+        measure(2, {"w1", "w2"})
+        measure(2, {"w1", "w2"})
+        workers.stop("w2")
+        measure(1, {"w1"})
+
+        def speedup() -> float:
+            return min(timings[1]) / min(timings[2])
+
+        if speedup() < MIN_SPEEDUP:  # one more round before calling it: background load only slows
+            workers.start("w3")
+            every += warm(client, workers, {"w3"})
+            measure(2, {"w1", "w3"})
+            workers.stop("w3")
+            measure(1, {"w1"})
+    finally:
+        workers.stop_all()
+
+    # Every job ran exactly once: one successful end, one attempt, one start event, one image.
+    assert len({r.id for r in every}) == len(every)
+    for record in every:
+        assert record.status.value == "succeeded", (record.id, record.error)
+        assert record.attempts == 1, record.id
+        assert record.worker in {"w1", "w2", "w3"}
+        assert len(record.images) == 1
+        events = redis_client.xrange(workers.keys.events(record.id))
+        assert [e[b"event"] for _, e in events].count(b"started") == 1, record.id
+
+    per_job_1 = min(timings[1]) / JOBS_PER_BURST
+    report = (
+        f"{JOBS_PER_BURST}-job bursts, wall s: 1 worker {[round(t, 2) for t in timings[1]]}, "
+        f"2 workers {[round(t, 2) for t in timings[2]]}; best 1 worker {per_job_1 * 1000:.0f} ms/job, "
+        f"speed-up {speedup():.2f}x; cores the workers got: 1 worker {[round(c, 2) for c in cores[1]]}, "
+        f"2 workers {[round(c, 2) for c in cores[2]]} (load average {os.getloadavg()[0]:.1f})"
+    )
+    print(report)
+    if speedup() >= MIN_SPEEDUP:
+        return
+    # Short of the bound. Acceptable only when other work on the machine kept the two workers from two
+    # cores, and then the throughput must still follow the CPU they did get (the queue does not
+    # serialise them). A free machine gives two single-threaded workers well over 1.5 cores.
+    room = max(cores[2])
+    assert room < STARVED_CORES, f"two workers had {room:.2f} cores and still fell short: {report}"
+    assert speedup() >= 1.1, report
+    assert speedup() >= 0.8 * room / max(cores[1]), f"throughput did not follow the CPU: {report}"
+    warnings.warn(f"scale-out measured on a busy machine, the {MIN_SPEEDUP}x bound not checked: {report}", stacklevel=1)
