@@ -21,7 +21,6 @@ from sdserve.jobs import Job, JobStatus
 from sdserve.limits import MAX_NAME_CHARS
 from sdserve.listing import list_jobs
 from sdserve.records import JobRecord
-from sdserve.store import input_key
 from sdserve.views import job_view
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -123,15 +122,11 @@ async def delete_job(job_id: JobId, state: StateDep, owner: OwnerDep) -> Respons
     record = await state.queue.get(job_id, owner)
     if not record.status.is_terminal:
         await state.queue.cancel(record)
-    own_inputs = [k for k in record.inputs.values() if k.startswith(input_key(record.id, ""))]
     store = state.store
 
-    def purge() -> None:
+    def purge() -> None:  # the job's own inputs and outputs; uploads shared by id stay
         store.delete_prefix(f"outputs/{record.id}")
         store.delete_prefix(f"inputs/{record.id}")
-        for key in own_inputs:
-            if store.exists(key):
-                store.delete_prefix(key)
 
     await asyncio.to_thread(purge)
     await state.queue.mark_purged(record.id)

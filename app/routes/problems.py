@@ -38,6 +38,19 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
         "Request body too large",
         "The body is over the gateway's limit. Send large images through POST /v1/uploads and refer to them by id.",
     ),
+    "unsafe-webhook-url": (
+        422,
+        "The webhook URL is not allowed",
+        "Callback URLs must be http(s) on an allowed "
+        "port and reach only public addresses (no loopback, private, link-local, CGNAT, "
+        "multicast or reserved ones).",
+    ),
+    "idempotency-key-reused": (
+        422,
+        "The Idempotency-Key was used with another request",
+        "The same key must come with the same body; use a new key for a new request.",
+    ),
+    "conflict": (409, "Conflict with the current state", "The request does not fit the resource's state now."),
     "not-found": (404, "Not found", "No such job or file, or it has expired."),
     "forbidden": (
         403,
