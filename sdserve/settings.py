@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     """Memory the resident models of one worker may take; least recently used ones are unloaded beyond it."""
     max_loras: int = Field(default=8, ge=1, le=256)
     """LoRA adapters kept loaded per model (least recently used unloaded first)."""
+    max_batch_images: int = Field(default=1, ge=1, le=64)
+    """Dynamic batching: images one forward pass may carry across compatible queued jobs (1: no batching)."""
+    batch_linger_ms: int = Field(default=15, ge=0, le=1000)
+    """How long a worker waits for more compatible jobs when the queue already holds some."""
     preview_every_steps: int = Field(default=5, ge=0, le=150)
     """Send a small preview image with every Nth progress event (0: never)."""
     ready_file: Path | None = None

@@ -58,6 +58,16 @@ class JobTracker:
         data = encode_data(event) if event is not None else ""
         return _text(self._progress(keys=self._keys(job_id), args=[*self._head(), step, total, data]))
 
+    def progress_many(
+        self, job_ids: Sequence[str], step: int, total: int, events: Sequence[Mapping[str, Any] | None]
+    ) -> list[str]:
+        """``progress`` for the jobs of one batch, in one round trip; one state per job."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, event in zip(job_ids, events, strict=True):
+                data = encode_data(event) if event is not None else ""
+                self._progress(keys=self._keys(job_id), args=[*self._head(), step, total, data], client=pipe)
+            return [_text(state) for state in pipe.execute()]
+
     def _end(self, job_id: str, status: JobStatus, event: Mapping[str, Any], fields: Mapping[str, str]) -> str:
         args: list[str] = [*self._head(), status.value, encode_data(event)]
         for name, value in fields.items():

@@ -21,6 +21,7 @@ from sdserve.s3store import open_store
 from sdserve.settings import Settings
 from sdserve.tracker import JobTracker
 from worker import jobs
+from worker.batching import Batcher
 from worker.device import DeviceConfig
 from worker.pipelines import PipelineCache
 from worker.rqworker import SdWorker
@@ -73,7 +74,7 @@ def make_worker(settings: Settings, connection: redis.Redis, runtime: Runtime) -
     """The RQ worker listening on the queues of the runtime's models."""
     keys = Keys(settings.key_prefix)
     queues = [rq_queue(connection, keys, model) for model in settings.worker_models]
-    return SdWorker(
+    worker = SdWorker(
         queues,
         connection=connection,
         name=runtime.name,
@@ -86,6 +87,15 @@ def make_worker(settings: Settings, connection: redis.Redis, runtime: Runtime) -
         served=list(settings.worker_models),
         ready_file=settings.ready_file,
     )
+    if settings.max_batch_images > 1:
+        worker.batcher = Batcher(
+            connection,
+            keys,
+            runtime.registry,
+            max_images=settings.max_batch_images,
+            linger_ms=settings.batch_linger_ms,
+        )
+    return worker
 
 
 def serve(settings: Settings) -> None:

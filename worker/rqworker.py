@@ -19,12 +19,15 @@ from typing import Any
 
 import redis
 from rq import SimpleWorker
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.timeouts import TimerDeathPenalty, UnixSignalDeathPenalty
+from rq.timeouts import JobTimeoutException, TimerDeathPenalty, UnixSignalDeathPenalty
+from rq.utils import now
 from rq.worker import WorkerStatus
 
 from sdserve.keys import Keys
+from worker import jobs
+from worker.batching import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ class SdWorker(SimpleWorker):
         # Signals only reach the main thread; elsewhere (tests, embedding) time out with a timer.
         in_main = threading.current_thread() is threading.main_thread()
         self.death_penalty_class = UnixSignalDeathPenalty if in_main else TimerDeathPenalty
-        self._current: tuple[Job, Any] | None = None
+        self._current: list[tuple[Job, Any]] = []
+        self.batcher: Batcher | None = None
         self._stop_beating = threading.Event()
         self._beater = threading.Thread(target=self._beat, name="sdserve-heartbeat", daemon=True)
 
@@ -64,7 +68,7 @@ class SdWorker(SimpleWorker):
         """Publish what this worker serves and that it is alive."""
         conn = connection or self.connection
         key = self.sd_keys.worker(self.name)
-        busy = self._current is not None
+        busy = bool(self._current)
         with conn.pipeline() as pipe:
             now = time.time()
             fields: dict[Any, Any] = {**self.presence(), "busy": "1" if busy else "0", "seen_at": repr(now)}
@@ -90,9 +94,8 @@ class SdWorker(SimpleWorker):
         while not self._stop_beating.wait(self.heartbeat_seconds):
             try:
                 self.advertise()
-                current = self._current
-                if current is not None:
-                    self.maintain_heartbeats(*current)
+                for job, execution in list(self._current):
+                    self.maintain_heartbeats(job, execution)
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:
@@ -105,12 +108,60 @@ class SdWorker(SimpleWorker):
             super()._install_signal_handlers()  # type: ignore[no-untyped-call]
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        extras = self.batcher.collect(job.id, queue.key) if self.batcher is not None else []
+        if extras:
+            self.execute_batch(job, extras, queue)
+            return
         execution = self.prepare_execution(job)
-        self._current = (job, execution)
+        self._current = [(job, execution)]
         try:
             self.perform_job(job, queue, execution)
         finally:
-            self._current = None
+            self._current = []
+        self.set_state(WorkerStatus.IDLE)
+
+    def execute_batch(self, job: Job, extra_ids: list[str], queue: Queue) -> None:
+        """Run a job and the compatible jobs the batcher claimed for it as one batch.
+
+        Each claimed job gets RQ's usual bookkeeping (started registry, heartbeats, finished or failed),
+        so a batch that dies with its worker is recovered like any running job.
+        """
+        members = [job]
+        for job_id in extra_ids:
+            extra = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            members.append(extra)
+        current = []
+        for member in members:
+            execution = self.prepare_execution(member)
+            self.prepare_job_execution(member, remove_from_intermediate_queue=member is job and len(self.queues) == 1)
+            current.append((member, execution))
+        self._current = current
+        for member in members:
+            member.started_at = now()
+        try:
+            timeout = max(m.timeout or self.queue_class.DEFAULT_TIMEOUT for m in members)
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+                outcomes = jobs.current().execute_batch([m.id for m in members])
+            for member, execution in current:
+                member._result = outcomes.get(member.id, {"status": "missing"})
+                member._status = JobStatus.FINISHED
+                self.handle_execution_ended(member, queue, member.success_callback_timeout)
+                self.handle_job_success(
+                    job=member, queue=queue, started_job_registry=queue.started_job_registry, execution=execution
+                )
+        except Exception:
+            log.exception("batch %s failed outside the jobs' own handling", [m.id for m in members])
+            for member, execution in current:
+                member.ended_at = now()
+                self.handle_job_failure(
+                    member,
+                    queue,
+                    started_job_registry=queue.started_job_registry,
+                    exc_string="batch failed",
+                    execution=execution,
+                )
+        finally:
+            self._current = []
         self.set_state(WorkerStatus.IDLE)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from sdserve.errors import JobCanceled, SdserveError, problem_type
 from sdserve.jobs import JobError
+from sdserve.logs import bind
 from sdserve.records import JobRecord
 from sdserve.registry import Registry
 from sdserve.settings import Settings
@@ -25,7 +26,7 @@ from sdserve.tracker import JobTracker
 from worker.device import DeviceConfig
 from worker.outputs import library_versions, write_manifest, write_mask, write_outputs
 from worker.pipelines import PipelineCache
-from worker.progress import StepReporter
+from worker.progress import Member, StepReporter
 from worker.tasks import img2img, inpaint, outpaint, txt2img
 from worker.tasks.base import TaskContext, TaskOutput
 
@@ -63,100 +64,135 @@ class Runtime:
 
     def execute(self, job_id: str) -> dict[str, Any]:
         """Run one job end to end. Never raises for the job's own failures: they go on the record."""
-        # 1. Claim the job: queued (or a retried running) → running. Ended or canceled: skip it.
-        record = self.tracker.load(job_id)
-        if record is None:
-            log.warning("job %s has no record (expired?); skipping", job_id)
-            return {"status": "missing"}
-        state = self.tracker.start(job_id, self.name, {"attempt": record.attempts + 1})
-        if state == "cancel":
-            self.tracker.cancel(job_id)
-            return {"status": "canceled"}
-        if state != "ok":
-            log.info("job %s is %s; skipping", job_id, state)
-            return {"status": state}
-        started = time.time()
-        timings: dict[str, float] = {"queued_ms": (started - record.created_at) * 1000}
+        return self.execute_batch([job_id])[job_id]
+
+    def execute_batch(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Run one job, or several compatible txt2img jobs as one batch; returns each job's outcome.
+
+        Never raises for the jobs' own failures: those go on their records.
+        """
+        # 1. Claim each job: queued (or a retried running) → running. Ended or canceled: skip it.
+        outcomes: dict[str, dict[str, Any]] = {}
+        claimed: list[tuple[JobRecord, float, dict[str, float]]] = []
+        for job_id in job_ids:
+            record = self.tracker.load(job_id)
+            if record is None:
+                log.warning("job %s has no record (expired?); skipping", job_id)
+                outcomes[job_id] = {"status": "missing"}
+                continue
+            state = self.tracker.start(job_id, self.name, {"attempt": record.attempts + 1, "batch": len(job_ids)})
+            if state == "cancel":
+                self.tracker.cancel(job_id)
+                outcomes[job_id] = {"status": "canceled"}
+            elif state != "ok":
+                log.info("job %s is %s; skipping", job_id, state)
+                outcomes[job_id] = {"status": state}
+            else:
+                started = time.time()
+                claimed.append((record, started, {"queued_ms": (started - record.created_at) * 1000}))
+        if not claimed:
+            return outcomes
+        ids = [record.id for record, _, _ in claimed]
         try:
-            self._run(record, started, timings)
+            with bind(job_id=ids[0] if len(ids) == 1 else ",".join(ids)):
+                done = self._run(claimed)
+            outcomes.update(done)
         except JobCanceled:
-            self.store.delete_prefix(f"outputs/{job_id}")
-            self.tracker.cancel(job_id, timings)
-            log.info("job %s canceled", job_id)
-            return {"status": "canceled"}
+            for record, _, timings in claimed:
+                self.store.delete_prefix(f"outputs/{record.id}")
+                self.tracker.cancel(record.id, timings)
+                outcomes[record.id] = {"status": "canceled"}
+            log.info("jobs %s canceled", ids)
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
-            self._fail(job_id, "out-of-memory", "Out of accelerator memory", str(exc).split("\n")[0], timings)
-            return {"status": "failed"}
+            detail = str(exc).split("\n")[0]
+            for record, _, timings in claimed:
+                self._fail(record.id, "out-of-memory", "Out of accelerator memory", detail, timings)
+                outcomes[record.id] = {"status": "failed"}
         except SdserveError as exc:
-            self._fail(job_id, exc.slug, exc.title, exc.detail, timings)
-            return {"status": "failed"}
+            for record, _, timings in claimed:
+                self._fail(record.id, exc.slug, exc.title, exc.detail, timings)
+                outcomes[record.id] = {"status": "failed"}
         except Exception:
-            log.exception("job %s failed", job_id)
-            self._fail(
-                job_id,
-                "internal",
-                "Internal error",
-                f"the worker failed unexpectedly (see worker {self.name}'s log)",
-                timings,
-            )
-            return {"status": "failed"}
-        return {"status": "succeeded"}
+            log.exception("jobs %s failed", ids)
+            for record, _, timings in claimed:
+                detail = f"the worker failed unexpectedly (see worker {self.name}'s log)"
+                self._fail(record.id, "internal", "Internal error", detail, timings)
+                outcomes[record.id] = {"status": "failed"}
+        return outcomes
 
     def _fail(self, job_id: str, slug: str, title: str, detail: str, timings: dict[str, float]) -> None:
         self.tracker.fail(job_id, JobError(type=problem_type(slug), title=title, detail=detail), timings)
 
-    def _run(self, record: JobRecord, started: float, timings: dict[str, float]) -> None:
-        # 2. Parse the stored (resolved) request and fetch the warm model.
-        request_model, recipe = TASKS[record.task]
-        request: Any = request_model.model_validate(record.request)
+    def _run(self, claimed: list[tuple[JobRecord, float, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+        # 2. Parse the stored (resolved) requests and fetch the warm model.
+        first = claimed[0][0]
+        request_model, recipe = TASKS[first.task]
+        requests: list[Any] = [request_model.model_validate(record.request) for record, _, _ in claimed]
         load_started = time.perf_counter()
-        model = self.pipelines.load(request.model)
-        timings["model_load_ms"] = (time.perf_counter() - load_started) * 1000
+        model = self.pipelines.load(requests[0].model)
+        model_load_ms = (time.perf_counter() - load_started) * 1000
 
-        # 3. Activate the job's LoRA set on the warm weights (reset in `finally`, whatever happens).
+        # 3. Activate the LoRA set (shared by a batch) on the warm weights; reset in `finally`, whatever happens.
         assert model.adapters is not None
         try:
-            wanted = [(self.registry.lora(ref.name), ref.scale) for ref in request.loras]
+            wanted = [(self.registry.lora(ref.name), ref.scale) for ref in requests[0].loras]
             activation = model.adapters.activate(
                 [(spec, spec.default_scale if scale is None else scale) for spec, scale in wanted]
             )
-            timings["adapters_ms"] = activation.load_ms + activation.activate_ms
-            self._run_recipe(record, request, model, recipe, started, timings, activation.adapters)
+            for _, _, timings in claimed:
+                timings["model_load_ms"] = model_load_ms
+                timings["adapters_ms"] = activation.load_ms + activation.activate_ms
+
+            # 4. Run the task's recipe: one call for the whole batch.
+            members = []
+            offset = 0
+            for (record, _, _), request in zip(claimed, requests, strict=True):
+                members.append(Member(record.id, offset))
+                offset += request.num_images
+            reporter = StepReporter(
+                self.tracker,
+                members,
+                first.total or requests[0].steps,
+                preview_every=self.settings.preview_every_steps,
+                family=model.spec.family,
+            )
+            shared_timings: dict[str, float] = {}
+            ctx = TaskContext(
+                job_id=first.id,
+                model=model,
+                registry=self.registry,
+                reporter=reporter,
+                read_input=lambda name: self.store.get(first.inputs[name]),
+                timings=shared_timings,
+            )
+            outputs = [recipe(ctx, requests[0])] if len(claimed) == 1 else txt2img.run_batch(ctx, requests)
         finally:
             model.adapters.reset()
 
-    def _run_recipe(
+        # 5. Store each job's results (or drop them, for a job canceled during the batch).
+        outcomes: dict[str, dict[str, Any]] = {}
+        for (record, started, timings), request, output in zip(claimed, requests, outputs, strict=True):
+            if record.id in reporter.stopped:
+                outcomes[record.id] = {"status": "canceled"}
+                continue
+            timings.update(shared_timings)
+            state = self._store_results(record, request, model, output, started, timings, activation.adapters, reporter)
+            outcomes[record.id] = {"status": "succeeded" if state == "ok" else state}
+        return outcomes
+
+    def _store_results(
         self,
         record: JobRecord,
         request: Any,
         model: Any,
-        recipe: Recipe,
+        output: TaskOutput,
         started: float,
         timings: dict[str, float],
         adapters: list[dict[str, object]],
-    ) -> None:
-        reporter = StepReporter(
-            self.tracker,
-            record.id,
-            record.total or request.steps,
-            preview_every=self.settings.preview_every_steps,
-            family=model.spec.family,
-        )
-        inputs = record.inputs
-        ctx = TaskContext(
-            job_id=record.id,
-            model=model,
-            registry=self.registry,
-            reporter=reporter,
-            read_input=lambda name: self.store.get(inputs[name]),
-            timings=timings,
-        )
-
-        # 4. Run the task's recipe.
-        output = recipe(ctx, request)
-
-        # 5. Write the images and the manifest (deterministic keys: a rerun overwrites, never duplicates).
+        reporter: StepReporter,
+    ) -> str:
+        # Deterministic keys: a job that runs twice overwrites its objects, never duplicates them.
         upload_started = time.perf_counter()
         prompts = (
             str(output.details.get("prompt", request.prompt)),
@@ -174,10 +210,10 @@ class Runtime:
             "request": request.model_dump(mode="json", exclude={"webhook"}),
             "effective": output.details,
             "images": [{**img.to_json(), "sha256": digest} for img, digest in zip(stored, digests, strict=True)],
-            "inputs": inputs,
+            "inputs": record.inputs,
             "mask": mask_key,
             "adapters": adapters,
-            "worker": {"name": self.name, "device": self.device.describe()},
+            "worker": {"name": self.name, "device": self.device.describe(), "attention": model.attention},
             "versions": library_versions(),
             "created_at": _iso(record.created_at),
             "started_at": _iso(started),
@@ -196,6 +232,9 @@ class Runtime:
             mask_key=mask_key,
         )
         if state == "cancel":
-            raise JobCanceled(f"job {record.id} was canceled after its last step")
+            self.store.delete_prefix(f"outputs/{record.id}")
+            self.tracker.cancel(record.id, timings)
+            return "canceled"
         if state != "ok":
             log.info("job %s ended (%s) elsewhere before it could succeed", record.id, state)
+        return state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,16 +47,31 @@ class TaskOutput:
 
 @torch.inference_mode()
 def generate(
-    ctx: TaskContext, params: GenerationParams, kind: Kind, **inputs: Any
+    ctx: TaskContext,
+    params: GenerationParams,
+    kind: Kind,
+    *,
+    batch: Sequence[GenerationParams] | None = None,
+    **inputs: Any,
 ) -> tuple[list[Image.Image], dict[str, object]]:
     """Denoise (reporting every step) and decode: the part every task shares.
 
-    ``inputs`` go to the pipeline as they are (``image``, ``mask_image``, ``strength``, ``width``, ...).
-    Returns the decoded images, one per seed, and the prompts and scheduler that were used.
+    ``batch`` runs several compatible requests (same size, steps, scheduler, guidance, adapters) as one
+    pipeline call, each with its own prompts and seeds; ``params`` is the first of them. ``inputs`` go
+    to the pipeline as they are (``image``, ``mask_image``, ``strength``, ``width``, ...). Returns the
+    decoded images, one per seed in request order, and the prompts and scheduler that were used.
     """
-    assert params.seed is not None and params.steps and params.scheduler and params.guidance_scale is not None
-    prompt, negative = styled_prompts(params, ctx.registry)
-    seeds = image_seeds(params.seed, params.num_images)
+    members = batch or [params]
+    assert params.steps and params.scheduler and params.guidance_scale is not None
+    prompts: list[str] = []
+    negatives: list[str] = []
+    seeds: list[int] = []
+    for member in members:
+        assert member.seed is not None
+        prompt, negative = styled_prompts(member, ctx.registry)
+        prompts += [prompt] * member.num_images
+        negatives += [negative] * member.num_images
+        seeds += image_seeds(member.seed, member.num_images)
 
     started = time.perf_counter()
     pipe = ctx.model.view(params.scheduler, kind)
@@ -64,11 +79,11 @@ def generate(
 
     started = time.perf_counter()
     latents = pipe(
-        prompt=prompt,
-        negative_prompt=negative or None,
+        prompt=prompts,
+        negative_prompt=negatives if any(negatives) else None,
         num_inference_steps=params.steps,
         guidance_scale=params.guidance_scale,
-        num_images_per_prompt=params.num_images,
+        num_images_per_prompt=1,
         generator=generators(seeds),
         output_type="latent",
         callback_on_step_end=ctx.reporter,
@@ -80,11 +95,12 @@ def generate(
     images = decode_latents(pipe, latents, upcast=ctx.model.spec.family == "sdxl")
     ctx.timings["decode_ms"] = ctx.timings.get("decode_ms", 0.0) + (time.perf_counter() - started) * 1000
     details: dict[str, object] = {
-        "prompt": prompt,
-        "negative_prompt": negative,
+        "prompt": prompts[0],
+        "negative_prompt": negatives[0],
         "scheduler_class": type(pipe.scheduler).__name__,
         "pipeline_class": type(pipe).__name__,
         "seeds": seeds,
+        "batch_size": len(seeds),
     }
     return images, details
 
