@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     """Memory the resident models of one worker may take; least recently used ones are unloaded beyond it."""
     max_loras: int = Field(default=8, ge=1, le=256)
     """LoRA adapters kept loaded per model (least recently used unloaded first)."""
+    channels_last: bool = True
+    """Keep UNet and VAE activations channels-last on CUDA (faster convolutions on tensor cores)."""
+    fuse_qkv: bool = False
+    """Fuse each attention's q/k/v projections into one matmul (faster; undone while LoRAs are applied)."""
+    compile_mode: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    """torch.compile the UNet and the VAE decoder at warm-up; reduce-overhead adds CUDA graphs."""
+    compile_batch_sizes: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1])
+    """Images per pass the warm-up compiles for (comma separated); other sizes compile on first use."""
+    compile_cache_dir: Path | None = None
+    """Where compiled kernels are cached across restarts (default: <data_dir>/compile-cache)."""
+    vae_tiling_min_pixels: int = Field(default=2048 * 2048, ge=64 * 64)
+    """Decode images of at least this many pixels tile by tile (saves memory; slower below this)."""
     max_batch_images: int = Field(default=1, ge=1, le=64)
     """Dynamic batching: images one forward pass may carry across compatible queued jobs (1: no batching)."""
     batch_linger_ms: int = Field(default=15, ge=0, le=1000)
@@ -155,6 +167,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "worker_models",
+        "compile_batch_sizes",
         "webhook_retry_schedule",
         "webhook_allowed_ports",
         "webhook_allowed_hosts",

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from sdserve.errors import JobFailed
 from sdserve.registry import EmbeddingSpec, LoraSpec
+from worker.speed import is_fused
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class AdapterSet:
         self.hits = 0
         self.evictions = 0
         self.active = False
+        self._refuse = False
 
     def _load(self, spec: LoraSpec) -> Resident:
         path = self.resolve(spec.file)
@@ -116,6 +118,9 @@ class AdapterSet:
                 self.resident[spec.name] = self._load(spec)
                 load_ms += self.resident[spec.name].load_ms
             self.resident.move_to_end(spec.name)
+        if wanted and is_fused(self.pipe):
+            self.pipe.unfuse_qkv_projections()  # LoRA layers wrap to_q/to_k/to_v, which fused attention skips
+            self._refuse = True
         if wanted:
             self.pipe.enable_lora()
             self.pipe.set_adapters(
@@ -137,6 +142,9 @@ class AdapterSet:
         if self.active or self.resident:
             self.pipe.disable_lora()
             self.active = False
+        if self._refuse:
+            self.pipe.fuse_qkv_projections()
+            self._refuse = False
 
 
 def load_embeddings(pipe: Any, embeddings: list[EmbeddingSpec], resolve: FileResolver) -> None:

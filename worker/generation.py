@@ -40,15 +40,22 @@ def styled_prompts(params: GenerationParams, registry: Registry) -> tuple[str, s
 
 
 @torch.inference_mode()
-def decode_latents(pipe: Any, latents: torch.Tensor, *, upcast: bool = False) -> list[Image.Image]:
+def decode_latents(
+    pipe: Any, latents: torch.Tensor, *, upcast: bool = False, tile_min_pixels: int | None = None
+) -> list[Image.Image]:
     """VAE-decode latents to PIL images (one decode call for the whole batch).
 
-    ``upcast`` decodes in float32 when the VAE asks for it (SDXL's VAE overflows in float16).
+    ``upcast`` decodes in float32 when the VAE asks for it (SDXL's VAE overflows in float16); images of
+    at least ``tile_min_pixels`` are decoded tile by tile (less memory, slower for small images).
     """
     vae = pipe.vae
     needs_upcast = upcast and vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    area = latents.shape[-1] * latents.shape[-2] * 64  # pixels of one image
+    tiled = tile_min_pixels is not None and area >= tile_min_pixels and hasattr(vae, "enable_tiling")
     if needs_upcast:
         vae.to(torch.float32)
+    if tiled:
+        vae.enable_tiling()
     try:
         latents = latents.to(device=vae.device, dtype=vae.dtype)
         scaled = latents / vae.config.scaling_factor
@@ -59,5 +66,7 @@ def decode_latents(pipe: Any, latents: torch.Tensor, *, upcast: bool = False) ->
     finally:
         if needs_upcast:
             vae.to(torch.float16)
+        if tiled:
+            vae.disable_tiling()
     images: list[Image.Image] = pipe.image_processor.postprocess(pixels, output_type="pil")
     return images

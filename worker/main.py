@@ -26,6 +26,7 @@ from worker.device import DeviceConfig
 from worker.pipelines import PipelineCache
 from worker.rqworker import SdWorker
 from worker.runtime import Runtime, default_worker_name
+from worker.speed import SpeedOptions, use_compile_cache
 
 log = logging.getLogger("sdserve.worker")
 
@@ -50,7 +51,12 @@ def build_runtime(settings: Settings, connection: redis.Redis, name: str) -> Run
     registry = Registry.load(settings.registry_file, settings.default_model)
     device = DeviceConfig.from_settings(settings)
     budget = settings.model_memory_budget_mb * 1024 * 1024 if settings.model_memory_budget_mb else None
-    pipelines = PipelineCache(registry, device, settings.models_dir, memory_budget=budget, max_loras=settings.max_loras)
+    speed = SpeedOptions.from_settings(settings)
+    if speed.compile_mode != "off":
+        use_compile_cache(settings.compile_cache_dir or settings.data_dir / "compile-cache")
+    pipelines = PipelineCache(
+        registry, device, settings.models_dir, memory_budget=budget, max_loras=settings.max_loras, speed=speed
+    )
     for model in settings.worker_models:
         registry.model(model)  # fail fast on a name the registry lacks
         started = time.perf_counter()

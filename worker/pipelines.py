@@ -26,6 +26,7 @@ from worker.builtin import ensure_builtin
 from worker.builtin_adapters import ensure_builtin_adapter
 from worker.device import DeviceConfig
 from worker.schedulers import make_scheduler
+from worker.speed import SpeedOptions, optimize
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class LoadedModel:
     load_seconds: float
     bytes: int = 0
     attention: str = "sdpa"
+    speed: dict[str, object] = field(default_factory=dict)
     adapters: AdapterSet | None = None
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -119,12 +121,14 @@ class PipelineCache:
         *,
         memory_budget: int | None = None,
         max_loras: int = 8,
+        speed: SpeedOptions | None = None,
     ) -> None:
         self.registry = registry
         self.device = device
         self.models_dir = models_dir
         self.memory_budget = memory_budget
         self.max_loras = max_loras
+        self.speed = speed or SpeedOptions()
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self.loads: Counter[str] = Counter()
         self.unloads: Counter[str] = Counter()
@@ -190,6 +194,7 @@ class PipelineCache:
         self._make_room(keep=name, incoming=size)
         pipe.to(self.device.device)
         attention = select_attention(pipe, self.device.device)
+        applied = optimize(pipe, self.device.device, self.speed)
         load_embeddings(pipe, self.registry.embeddings_for(spec), self.resolve_file)
         loaded = LoadedModel(
             spec=spec,
@@ -198,6 +203,7 @@ class PipelineCache:
             load_seconds=time.perf_counter() - started,
             bytes=size,
             adapters=AdapterSet(pipe, self.resolve_file, max_resident=self.max_loras),
+            speed=applied,
         )
         self._loaded[name] = loaded
         self.loads[name] += 1
@@ -217,18 +223,29 @@ class PipelineCache:
         """Load a model and run one small generation through it; returns the seconds it took."""
         started = time.perf_counter()
         loaded = self.load(name)
-        size = 64 if loaded.spec.family == "sd1" else 128
+        compiled = "compile" in loaded.speed
+        # Compiled models warm at their native size, once per expected batch size (that compiles them);
+        # eager ones only need one small pass.
+        size = loaded.spec.native_size if compiled else (64 if loaded.spec.family == "sd1" else 128)
+        batches = self.speed.compile_batch_sizes if compiled else [1]
         kind: Kind = "inpaint" if loaded.spec.inpainting else "txt2img"
-        extra: dict[str, Any] = {}
-        if kind == "inpaint":
-            extra = {"image": Image.new("RGB", (size, size)), "mask_image": Image.new("L", (size, size), 255)}
-        loaded.view(loaded.spec.default_scheduler, kind)(
-            prompt="warm-up",
-            width=size,
-            height=size,
-            num_inference_steps=2,
-            output_type="latent",
-            generator=torch.Generator("cpu").manual_seed(0),
-            **extra,
-        )
-        return time.perf_counter() - started
+        for batch in batches:
+            extra: dict[str, Any] = {}
+            if kind == "inpaint":
+                extra = {"image": Image.new("RGB", (size, size)), "mask_image": Image.new("L", (size, size), 255)}
+            view = loaded.view(loaded.spec.default_scheduler, kind)
+            latents = view(
+                prompt=["warm-up"] * batch,
+                width=size,
+                height=size,
+                num_inference_steps=2,
+                output_type="latent",
+                generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)],
+                **extra,
+            ).images
+            if compiled:
+                view.vae.decode(latents / view.vae.config.scaling_factor, return_dict=False)
+        seconds = time.perf_counter() - started
+        if compiled:
+            log.info("compiled %s for batch sizes %s at %dpx in %.1fs", name, batches, size, seconds)
+        return seconds

@@ -165,6 +165,7 @@ class Runtime:
                 reporter=reporter,
                 read_input=lambda name: self.store.get(first.inputs[name]),
                 timings=shared_timings,
+                vae_tiling_min_pixels=self.settings.vae_tiling_min_pixels,
             )
             outputs = [recipe(ctx, requests[0])] if len(claimed) == 1 else txt2img.run_batch(ctx, requests)
         finally:

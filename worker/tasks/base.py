@@ -28,6 +28,7 @@ class TaskContext:
     reporter: StepReporter
     read_input: Callable[[str], bytes] = field(default=lambda name: b"")
     timings: dict[str, float] = field(default_factory=dict)
+    vae_tiling_min_pixels: int | None = None
 
     def input_image(self, name: str) -> Image.Image:
         """One of the job's stored inputs (checked and normalised by the gateway: RGB, RGBA or L)."""
@@ -92,7 +93,9 @@ def generate(
     ctx.timings["inference_ms"] = ctx.timings.get("inference_ms", 0.0) + (time.perf_counter() - started) * 1000
 
     started = time.perf_counter()
-    images = decode_latents(pipe, latents, upcast=ctx.model.spec.family == "sdxl")
+    images = decode_latents(
+        pipe, latents, upcast=ctx.model.spec.family == "sdxl", tile_min_pixels=ctx.vae_tiling_min_pixels
+    )
     ctx.timings["decode_ms"] = ctx.timings.get("decode_ms", 0.0) + (time.perf_counter() - started) * 1000
     details: dict[str, object] = {
         "prompt": prompts[0],

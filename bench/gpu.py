@@ -1,0 +1,509 @@
+"""sdserve's worker against a plain diffusers loop, side by side, on one GPU.
+
+Builds the real SD 1.5 and SDXL architectures with random weights (speed does not depend on weight
+values), saves them as diffusers folders and loads them through sdserve's own PipelineCache, then
+runs jobs through the worker's own path (``Runtime.execute`` / ``execute_batch``: the task recipe,
+the pipeline views, adapters, PNG encoding and the manifest, the local object store) and, in the same
+run, the plain diffusers baseline (fp16, PyTorch SDPA, default settings, one request at a time).
+
+Redis is not available on the GPU machine, so job records live in an in-memory stand-in for the
+tracker with the same interface (one dict write per step instead of a Redis round trip).
+
+    python bench/gpu.py --family sd15,sdxl --compile sd15 --out OUT [--budget 540] [--tiny-vae-seconds 50]
+    python bench/gpu.py --smoke --compile ''        # tiny sizes on the CPU: checks the script itself
+
+Every finished stage is appended to OUT/results.json at once, so a run cut short keeps what it
+measured. ``--table OUT/results.json ...`` prints the table of one or more result files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from sdserve.jobs import JobError, JobStatus  # noqa: E402
+from sdserve.records import JobRecord, StoredImage  # noqa: E402
+
+# --- architectures (gpu-baseline.md) -------------------------------------------------------------
+SD15_UNET: dict[str, Any] = {
+    "sample_size": 64, "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2,
+    "cross_attention_dim": 768, "attention_head_dim": 8,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+}  # fmt: skip
+SDXL_UNET: dict[str, Any] = {
+    "sample_size": 128, "block_out_channels": (320, 640, 1280), "layers_per_block": 2,
+    "cross_attention_dim": 2048, "transformer_layers_per_block": (1, 2, 10), "attention_head_dim": (5, 10, 20),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816, "use_linear_projection": True,
+}  # fmt: skip
+VAE: dict[str, Any] = {
+    "latent_channels": 4, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+}  # fmt: skip
+CLIP_L = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+CLIP_G = {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 20, "intermediate_size": 5120}
+
+
+def shrink(config: dict[str, Any]) -> dict[str, Any]:
+    """A tiny version of an architecture, for --smoke on the CPU."""
+    small = dict(config)
+    if "block_out_channels" in small:
+        small["block_out_channels"] = tuple(32 for _ in small["block_out_channels"])
+        small["layers_per_block"] = 1
+    if "cross_attention_dim" in small:
+        small["cross_attention_dim"] = 64 if small["cross_attention_dim"] == 2048 else 32
+        small["attention_head_dim"] = 8 if isinstance(small["attention_head_dim"], int) else (8, 8, 8)
+        small["norm_num_groups"] = 8
+    if "transformer_layers_per_block" in small:
+        small["transformer_layers_per_block"] = (1, 1, 1)
+        small["addition_time_embed_dim"] = 8
+        small["projection_class_embeddings_input_dim"] = 32 + 6 * 8
+    if "latent_channels" in small:
+        small["norm_num_groups"] = 8
+    if "hidden_size" in small:
+        small.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    return small
+
+
+def build(family: str, folder: Path, smoke: bool) -> Path:
+    """Random-weight pipeline of the family's real architecture, saved with save_pretrained (fp16)."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from worker.builtin import tiny_tokenizer_files
+
+    fit = shrink if smoke else (lambda c: c)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    vocab, merges = tiny_tokenizer_files()  # a real CLIP BPE tokenizer; its ids fit the 49408-token tables
+    tok_dir = folder / "_tok"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(
+        vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), model_max_length=77
+    )
+
+    def text_config(shape: dict[str, Any], projection: int | None = None) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=49408, max_position_embeddings=77, **fit(shape),
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, projection_dim=projection or 768,
+        )  # fmt: skip
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    with torch.device(device):
+        torch.manual_seed(0)
+        vae = AutoencoderKL(**fit(VAE), scaling_factor=0.13025 if family == "sdxl" else 0.18215)
+        if family == "sdxl":
+            unet = UNet2DConditionModel(**fit(SDXL_UNET))
+            pipe: Any = StableDiffusionXLPipeline(
+                vae=vae,
+                text_encoder=CLIPTextModel(text_config(CLIP_L)),
+                text_encoder_2=CLIPTextModelWithProjection(text_config(CLIP_G, 32 if smoke else 1280)),
+                tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+            )  # fmt: skip
+        else:
+            unet = UNet2DConditionModel(**fit(SD15_UNET))
+            pipe = StableDiffusionPipeline(
+                vae=vae, text_encoder=CLIPTextModel(text_config(CLIP_L)), tokenizer=tokenizer, unet=unet,
+                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )  # fmt: skip
+    pipe.to(dtype)
+    target = folder / family
+    pipe.save_pretrained(target, safe_serialization=True)
+    return target
+
+
+# --- the worker path without Redis ------------------------------------------------------------------
+class MemoryTracker:
+    """The JobTracker interface over a dict (Redis is out of reach on the GPU machine)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def add(self, job_id: str, request: dict[str, Any], total: int) -> None:
+        self.records[job_id] = {
+            "id": job_id, "task": "txt2img", "model": request["model"], "status": JobStatus.QUEUED,
+            "request": request, "created_at": time.time(), "total": total, "step": 0,
+        }  # fmt: skip
+
+    def load(self, job_id: str) -> JobRecord | None:
+        raw = self.records.get(job_id)
+        return JobRecord(**{k: v for k, v in raw.items() if k in JobRecord.__dataclass_fields__}) if raw else None
+
+    def start(self, job_id: str, worker: str, attempt_data: Mapping[str, Any] | None = None) -> str:
+        self.records[job_id].update(status=JobStatus.RUNNING, started_at=time.time())
+        return "ok"
+
+    def progress(self, job_id: str, step: int, total: int, event: Mapping[str, Any] | None) -> str:
+        self.records[job_id].update(step=step, total=total)
+        return "ok"
+
+    def progress_many(
+        self, job_ids: Sequence[str], step: int, total: int, events: Sequence[Mapping[str, Any] | None]
+    ) -> list[str]:
+        return [self.progress(j, step, total, e) for j, e in zip(job_ids, events, strict=True)]
+
+    def succeed(self, job_id: str, *, images: Sequence[StoredImage], **fields: Any) -> str:
+        self.records[job_id].update(status=JobStatus.SUCCEEDED, finished_at=time.time(), images=list(images))
+        return "ok"
+
+    def fail(self, job_id: str, error: JobError, timings: Mapping[str, float]) -> bool:
+        self.records[job_id].update(status=JobStatus.FAILED, error=error)
+        print(f"job {job_id} failed: {error}", flush=True)
+        return True
+
+    def cancel(self, job_id: str, timings: Mapping[str, float] | None = None) -> bool:
+        self.records[job_id].update(status=JobStatus.CANCELED)
+        return True
+
+
+class Harness:
+    """A Runtime on one model, fed with jobs directly."""
+
+    def __init__(self, family: str, source: Path, out: Path, speed: Any, smoke: bool) -> None:
+        from sdserve.registry import ModelSpec, Registry
+        from sdserve.settings import Settings
+        from sdserve.store import LocalStore
+        from worker.device import DeviceConfig
+        from worker.pipelines import PipelineCache
+        from worker.runtime import Runtime
+
+        self.size = (128 if family == "sdxl" else 64) if smoke else (1024 if family == "sdxl" else 512)
+        spec = ModelSpec(
+            name=family, source=str(source), family="sdxl" if family == "sdxl" else "sd1", native_size=self.size
+        )
+        registry = Registry({family: spec}, {}, family, loras={}, embeddings={})
+        settings = Settings(device="auto", dtype="auto", data_dir=out / "data", preview_every_steps=0, _env_file=None)  # type: ignore[call-arg]
+        device = DeviceConfig.from_settings(settings)
+        cache = PipelineCache(registry, device, out / "models", speed=speed)
+        started = time.perf_counter()
+        self.warm_seconds = cache.warm(family)
+        self.load_seconds = time.perf_counter() - started - self.warm_seconds
+        self.tracker = MemoryTracker()
+        self.runtime = Runtime(
+            settings=settings, registry=registry, pipelines=cache, store=LocalStore(out / "objects"),
+            tracker=self.tracker, device=device, name="bench",  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.family = family
+        self.pipe = cache.load(family).pipe
+        self.count = 0
+
+    def job(self, steps: int, guidance: float) -> str:
+        self.count += 1
+        job_id = f"bench-{self.count:06d}"
+        request = {
+            "task": "txt2img", "model": self.family, "prompt": f"a lighthouse at dusk, take {self.count}",
+            "negative_prompt": "", "width": self.size, "height": self.size, "num_images": 1, "steps": steps,
+            "guidance_scale": guidance, "scheduler": "euler", "seed": self.count, "loras": [], "style": None,
+            "output": {"format": "png", "quality": 90}, "webhook": None, "metadata": {},
+        }  # fmt: skip
+        self.tracker.add(job_id, request, steps)
+        return job_id
+
+    def one(self, steps: int, guidance: float) -> float:
+        job_id = self.job(steps, guidance)
+        sync()
+        started = time.perf_counter()
+        outcome = self.runtime.execute(job_id)
+        sync()
+        assert outcome["status"] == "succeeded", outcome
+        return time.perf_counter() - started
+
+    def stream(self, jobs: int, batch: int, steps: int, guidance: float) -> tuple[float, list[float]]:
+        """``jobs`` queued batch-1 requests, taken ``batch`` at a time (the worker's batching): images/s, latencies."""
+        ids = [self.job(steps, guidance) for _ in range(jobs)]
+        created = {i: self.tracker.records[i]["created_at"] for i in ids}
+        sync()
+        started = time.perf_counter()
+        for first in range(0, jobs, batch):
+            chunk = ids[first : first + batch]
+            outcomes = self.runtime.execute_batch(chunk)
+            assert all(o["status"] == "succeeded" for o in outcomes.values()), outcomes
+        sync()
+        elapsed = time.perf_counter() - started
+        latencies = [self.tracker.records[i]["finished_at"] - created[i] for i in ids]
+        return jobs / elapsed, latencies
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def matmul_rate(smoke: bool) -> float:
+    """Measured bf16 matrix rate, FLOP/s (8192³ products on random data)."""
+    if smoke or not torch.cuda.is_available():
+        return 1e12
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync()
+    started = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync()
+    return 10 * 2 * 8192**3 / (time.perf_counter() - started)
+
+
+def image_flops(pipe: Any, size: int, steps: int, guidance: float) -> float:
+    """FLOPs of one image: ``steps`` UNet passes (a CFG pair each) plus one VAE decode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+    device, dtype = unet.device, unet.dtype
+    latent = size // 8
+    pair = 2 if guidance > 1 else 1
+    x = torch.randn(pair, 4, latent, latent, device=device, dtype=dtype)
+    context = torch.randn(pair, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    extra: dict[str, Any] = {}
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(pair, pooled, device=device, dtype=dtype),
+            "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * pair, device=device, dtype=dtype),
+        }
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x, 500, encoder_hidden_states=context, **extra)
+    unet_flops = counter.get_total_flops()
+    vae = pipe.vae
+    decode = getattr(vae.decode, "_torchdynamo_orig_callable", vae.decode)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        decode(torch.randn(1, 4, latent, latent, device=device, dtype=vae.dtype))
+    return float(steps * unet_flops + counter.get_total_flops())
+
+
+# --- the plain diffusers baseline ----------------------------------------------------------------------
+def baseline(
+    source: Path, family: str, size: int, steps: int, guidance: float, runs: int, batch: int = 1
+) -> list[float]:
+    """Plain diffusers: from_pretrained fp16, PyTorch SDPA, default call, one request at a time."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    pipe = cls.from_pretrained(source, torch_dtype=dtype, use_safetensors=True).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    times = []
+    for i in range(runs + 1):
+        sync()
+        started = time.perf_counter()
+        pipe(["a lighthouse at dusk"] * batch, width=size, height=size, num_inference_steps=steps,
+             guidance_scale=guidance, generator=torch.Generator().manual_seed(i))  # fmt: skip
+        sync()
+        if i:  # the first call warms up
+            times.append(time.perf_counter() - started)
+    del pipe
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return times
+
+
+# --- stages ------------------------------------------------------------------------------------------
+class Results:
+    def __init__(self, out: Path, meta: dict[str, Any]) -> None:
+        self.path = out / "results.json"
+        self.data: dict[str, Any] = {"meta": meta, "rows": []}
+        self.save()
+
+    def row(self, **row: Any) -> None:
+        self.data["rows"].append(row)
+        self.save()
+        print("ROW", json.dumps(row), flush=True)
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
+def run_family(family: str, args: argparse.Namespace, results: Results, deadline: float) -> None:
+    from worker.speed import SpeedOptions
+
+    smoke = args.smoke
+    steps = 4 if smoke else 25
+    guidance = 7.5 if family == "sd15" else 5.0
+    work = Path(tempfile.mkdtemp(prefix="sdbench-"))
+    started = time.perf_counter()
+    source = build(family, work, smoke)
+    results.data["meta"][f"{family}_build_s"] = round(time.perf_counter() - started, 1)
+    size = (128 if family == "sdxl" else 64) if smoke else (1024 if family == "sdxl" else 512)
+    rate = results.data["meta"]["matmul_tflops"] * 1e12
+
+    def left() -> float:
+        return deadline - time.monotonic()
+
+    def record(
+        setting: str, latencies: list[float], images_per_s: float, flops: float, batch: int, **extra: Any
+    ) -> None:
+        floor = flops / rate
+        results.row(
+            family=family, setting=setting, batch=batch, images_per_s=round(images_per_s, 3),
+            p50_s=round(pct(latencies, 0.5), 4), p95_s=round(pct(latencies, 0.95), 4),
+            floor_fraction=round(images_per_s * floor, 3), **extra,
+        )  # fmt: skip
+
+    # 1. Baseline: plain diffusers, one request at a time.
+    runs = 2 if smoke else (5 if family == "sd15" else 3)
+    base = baseline(source, family, size, steps, guidance, runs)
+    flops_holder: dict[str, float] = {}
+
+    # 2. sdserve, eager (SDPA, channels_last), one request on an idle worker; then the batched stream.
+    harness = Harness(family, source, work, SpeedOptions(channels_last=True), smoke)
+    flops = image_flops(harness.pipe, size, steps, guidance)
+    flops_holder["image"] = flops
+    results.data["meta"][f"{family}_image_tflop"] = round(flops / 1e12, 2)
+    record("plain diffusers (fp16, SDPA, one request at a time)", base, 1 / statistics.median(base), flops, 1)
+    lat = [harness.one(steps, guidance) for _ in range(runs + 1)][1:]
+    record("sdserve eager (SDPA, channels_last)", lat, 1 / statistics.median(lat), flops, 1,
+           ratio_to_baseline=round(statistics.median(base) / statistics.median(lat), 2))  # fmt: skip
+    batch = 8 if smoke else (16 if family == "sd15" else 4)
+    if left() > 60:
+        harness.stream(batch, batch, steps, guidance)  # warm this batch shape
+        ips, lats = harness.stream(batch * 3, batch, steps, guidance)
+        record(f"sdserve eager, stream of batch-1 requests, batched by {batch}", lats, ips, flops, batch,
+               ratio_to_baseline=round(ips * statistics.median(base), 2))  # fmt: skip
+    del harness
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+    # 3. sdserve compiled (inductor + CUDA graphs, fused QKV): latency, then the batched stream.
+    compile_s = 0 if smoke else (80 if family == "sd15" else 150)
+    if family in args.compile and left() > compile_s * 1.5 + 30:
+        mode = "default" if smoke else "reduce-overhead"
+        speed = SpeedOptions(channels_last=True, fuse_qkv=True, compile_mode=mode, compile_batch_sizes=[1])
+        t0 = time.perf_counter()
+        harness = Harness(family, source, work, speed, smoke)
+        results.data["meta"][f"{family}_compile_b1_s"] = round(time.perf_counter() - t0, 1)
+        lat = [harness.one(steps, guidance) for _ in range(runs + 2)][2:]
+        record(f"sdserve compiled ({mode}, fused QKV, channels_last)", lat, 1 / statistics.median(lat), flops, 1,
+               ratio_to_baseline=round(statistics.median(base) / statistics.median(lat), 2),
+               warmup_s=round(harness.warm_seconds, 1))  # fmt: skip
+        if left() > compile_s * 1.2 + 30:
+            t0 = time.perf_counter()
+            harness.stream(batch, batch, steps, guidance)  # compiles this batch shape
+            results.data["meta"][f"{family}_compile_b{batch}_s"] = round(time.perf_counter() - t0, 1)
+            ips, lats = harness.stream(batch * 3, batch, steps, guidance)
+            record(f"sdserve compiled, stream of batch-1 requests, batched by {batch}", lats, ips, flops, batch,
+                   ratio_to_baseline=round(ips * statistics.median(base), 2))  # fmt: skip
+        # sdserve's overhead over the bare compiled pipeline at the same batch size.
+        pipe = harness.pipe
+        view = harness.runtime.pipelines.load(family).view("euler")
+        bare = []
+        for i in range(runs + 1):
+            sync()
+            t0 = time.perf_counter()
+            view(["x"], width=size, height=size, num_inference_steps=steps, guidance_scale=guidance,
+                 output_type="pil", generator=[torch.Generator().manual_seed(i)])  # fmt: skip
+            sync()
+            if i:
+                bare.append(time.perf_counter() - t0)
+        record("bare compiled pipeline call (same weights, PIL out)", bare, 1 / statistics.median(bare), flops, 1,
+               sdserve_overhead=round(statistics.median(lat) / statistics.median(bare) - 1, 3))  # fmt: skip
+        del pipe, view, harness
+    results.data["meta"][f"{family}_seconds"] = round(time.perf_counter() - started, 1)
+    results.save()
+
+
+def train_tiny_vae(seconds: float, out: Path) -> None:
+    """The tiny models' VAE (tools/train_tiny_vae.py), trained here while the GPU is at hand."""
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "tools" / "train_tiny_vae.py"), "--seconds", str(seconds),
+           "--steps", "100000", "--out", str(out / "tiny_vae")]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    (out / "tiny_vae.log").write_text(result.stdout[-20000:] + result.stderr[-5000:])
+
+
+def table(paths: Sequence[str]) -> str:
+    lines = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        meta = data["meta"]
+        lines.append(f"{meta.get('device')}, torch {meta.get('torch')}, diffusers {meta.get('diffusers')}; "
+                     f"measured matrix rate {meta.get('matmul_tflops')} TFLOP/s")  # fmt: skip
+        lines.append("| model | setting | batch | images/s | p50 s | p95 s | of floor | vs baseline |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        for row in data["rows"]:
+            ratio = row.get("ratio_to_baseline", row.get("sdserve_overhead", ""))
+            lines.append(
+                f"| {row['family']} | {row['setting']} | {row['batch']} | {row['images_per_s']} | {row['p50_s']} "
+                f"| {row['p95_s']} | {row['floor_fraction']:.0%} | {ratio} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="sd15", help="sd15, sdxl or both (sd15,sdxl)")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--budget", type=float, default=540.0, help="wall-clock seconds; later stages are skipped")
+    parser.add_argument("--compile", default="sd15,sdxl", help="families to measure compiled too ('' for none)")
+    parser.add_argument("--tiny-vae-seconds", type=float, default=0.0)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to check the script")
+    parser.add_argument("--table", nargs="*", help="print the table of these results.json files and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    deadline = time.monotonic() + args.budget
+    args.out.mkdir(parents=True, exist_ok=True)
+    import diffusers
+
+    meta = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+        "cuda": torch.version.cuda, "family": args.family, "smoke": args.smoke,
+    }  # fmt: skip
+    args.compile = [f for f in args.compile.split(",") if f]
+    results = Results(args.out, meta)
+    if args.tiny_vae_seconds > 0:
+        t0 = time.perf_counter()
+        train_tiny_vae(args.tiny_vae_seconds, args.out)
+        results.data["meta"]["tiny_vae_s"] = round(time.perf_counter() - t0, 1)
+    results.data["meta"]["matmul_tflops"] = round(matmul_rate(args.smoke) / 1e12, 1)
+    for family in args.family.split(","):
+        try:
+            run_family(family, args, results, deadline)
+        except Exception:
+            results.data["meta"][f"{family}_error"] = traceback.format_exc()[-3000:]
+            results.save()
+            traceback.print_exc()
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    print(table([str(results.path)]))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
