@@ -13,7 +13,9 @@ from fastapi import FastAPI
 
 from app.errors import install_error_handlers
 from app.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMiddleware
-from app.routes import catalog, files, health, images, jobs, problems, uploads
+from app.openapi import build as build_openapi
+from app.openapi import document_webhooks
+from app.routes import catalog, files, health, images, jobs, playground, problems, uploads
 from app.state import GatewayState
 from sdserve import __version__
 from sdserve.deliveries import Deliveries
@@ -101,12 +103,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "catalog", "description": "Models, schedulers and styles a job may name."},
             {"name": "health", "description": "Liveness and readiness probes."},
             {"name": "problems", "description": "What each problem type means."},
+            {"name": "webhooks", "description": "What a job's webhook URL receives."},
         ],
     )
     app.state.gateway = state
     install_error_handlers(app)
-    for module in (images, uploads, jobs, files, catalog, health, problems):
+    for module in (images, uploads, jobs, files, catalog, health, problems, playground):
         app.include_router(module.router)
+    document_webhooks(app)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, limits={"/v1/uploads": uploads.UPLOAD_BODY_LIMIT}

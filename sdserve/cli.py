@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sdserve import generate
 from sdserve.settings import Settings
 
 QUIET_LIBRARIES = {
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="Port to listen on (SDSERVE_PORT).")
     worker = sub.add_parser("worker", help="Run one worker (one per GPU).")
     sub.add_parser("webhooks", help="Run the webhook dispatcher (sends signed deliveries, with retries).")
+    generate.add_parser(sub)
     sub.add_parser(
         "purge", help="Delete stored objects older than SDSERVE_RETENTION_DAYS (stores without lifecycle rules)."
     )
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        sys.exit(generate.run(args))
     overrides: dict[str, Any] = {
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),

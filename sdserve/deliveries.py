@@ -12,17 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sdserve.errors import Conflict
-from sdserve.jobs import JobStatus
+from sdserve.jobs import JobStatus, Progress, WebhookJob, WebhookPayload
 from sdserve.keys import Keys
 from sdserve.records import JobRecord
 from sdserve.store import ObjectStore
 from sdserve.views import job_view
-
-THIN_FIELDS = (
-    "id", "object", "task", "status", "model", "created_at", "started_at", "finished_at",
-    "progress", "images", "error", "metadata", "timings", "links",
-)  # fmt: skip
-"""What a webhook body carries of a job: no request, no internal keys, no traceback."""
 
 
 def webhook_body(
@@ -36,12 +30,12 @@ def webhook_body(
 ) -> str:
     """The JSON a receiver gets: ``{"type": "job.<event>", "timestamp", "data": <thin job>}``."""
     job = job_view(record, position=None, store=store, base_url=base_url, url_ttl=url_ttl)
-    thin = {k: v for k, v in job.model_dump(mode="json").items() if k in THIN_FIELDS}
-    if event == "progress":
-        thin["progress"] = {k: data[k] for k in ("step", "total", "fraction") if k in data}
-        thin["status"] = "running"
-    body = {"type": f"job.{event}", "timestamp": datetime.now(UTC).isoformat(), "data": thin}
-    return json.dumps(body, separators=(",", ":"))
+    thin = WebhookJob.model_validate({k: v for k, v in job.model_dump().items() if k in WebhookJob.model_fields})
+    if event == "progress" and "step" in data:
+        thin.progress = Progress(step=data["step"], total=data["total"], fraction=data["fraction"])
+        thin.status = JobStatus.RUNNING
+    payload = WebhookPayload(type=f"job.{event}", timestamp=datetime.now(UTC), data=thin)
+    return payload.model_dump_json()
 
 
 class Deliveries:

@@ -164,3 +164,32 @@ class Job(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     metadata: dict[str, str] = Field(default_factory=dict)
     links: dict[str, str] = Field(default_factory=dict, description="Related resources (self, cancel, events).")
+
+
+class WebhookJob(BaseModel):
+    """The job as a webhook carries it: no request, no internal keys, no traceback."""
+
+    id: str
+    object: Literal["job"] = "job"
+    task: Task
+    status: JobStatus
+    model: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress | None = None
+    images: list[ImageResult] = Field(default_factory=list)
+    error: JobError | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    timings: Timings = Field(default_factory=Timings)
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookPayload(BaseModel):
+    """The body of every webhook delivery (signed per Standard Webhooks: see the `webhook-*` headers)."""
+
+    type: Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"] = Field(
+        description="What happened."
+    )
+    timestamp: datetime = Field(description="When the delivery was made.")
+    data: WebhookJob

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     """Deliveries one dispatcher sends at once."""
 
     # --- worker -----------------------------------------------------------------------------
-    worker_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["tiny"])
+    worker_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["tiny", "demo"])
     """Models one worker serves (comma separated in the environment). The first is warmed first."""
     worker_name: str | None = None
     """Name of this worker in Redis (default: host name and pid)."""

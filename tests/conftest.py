@@ -88,6 +88,7 @@ def settings(redis_url: str, tmp_path: Path, models_cache: Path) -> Settings:
         heartbeat_seconds=1,
         warmup=False,
         worker_models=["tiny", "tiny-sdxl"],
+        default_model="tiny",
         unserved_models="queue",
         _env_file=None,  # type: ignore[call-arg]
     )

@@ -1,7 +1,9 @@
 """Built-in models: real Stable Diffusion architectures with small random weights, made offline.
 
 ``tiny`` is an SD 1.x pipeline (UNet2DConditionModel, AutoencoderKL with 8x downsampling, a CLIP
-text encoder and a byte-level CLIP BPE tokenizer) whose weights come from a fixed seed. It is
+text encoder and a byte-level CLIP BPE tokenizer) whose UNet and text encoder weights come from a
+fixed seed. Its VAE is a small trained one (``worker/tiny_vae``, shared with ``tiny-sdxl``): a random
+VAE would turn every image into noise, and image-to-image work must keep what it is given. It is
 generated once into ``<data_dir>/models/<name>-<version>`` with ``save_pretrained`` (safetensors)
 and then loaded through diffusers' normal ``from_pretrained`` path, so the production loading code
 is what runs in tests and on a laptop. Generation takes well under a second.
@@ -22,7 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-TINY_VERSION = "v3"
+TINY_VERSION = "v4"
 """Bump when the tiny architecture or its generator changes: a new folder is generated."""
 
 # Word pieces the tiny tokenizer merges (the rest falls back to single bytes, as real BPE does).
@@ -105,26 +107,16 @@ def _text_encoder(tokenizer: Any, *, hidden: int, projection: int | None = None)
     return CLIPTextModel(config) if projection is None else CLIPTextModelWithProjection(config)
 
 
+TINY_VAE_DIR = Path(__file__).resolve().parent / "tiny_vae"
+"""A small AutoencoderKL (8x downsampling, 4 latent channels) trained by tools/train_tiny_vae.py."""
+
+
 def _vae(scaling_factor: float) -> Any:
+    """The tiny models' VAE: trained (not random), so image-to-image work keeps what it is given."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16, 32, 32, 32),  # four blocks: 8x downsampling, as in SD
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=8,
-        sample_size=256,
-        scaling_factor=scaling_factor,
-    )
-    # A near-deterministic posterior (log-variance ≈ -20): encoding an image gives its mean, not noise,
-    # as a trained VAE's does, so image-to-image tasks behave like they do with real weights.
-    with torch.no_grad():
-        vae.quant_conv.weight[4:].zero_()
-        vae.quant_conv.bias[4:].fill_(-20.0)
+    vae = AutoencoderKL.from_pretrained(TINY_VAE_DIR, torch_dtype=torch.float32, use_safetensors=True)
+    vae.register_to_config(scaling_factor=scaling_factor)
     return vae
 
 

@@ -26,8 +26,13 @@ _TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "json":
     "it expires (403).",
     response_class=FileResponse,
     responses={
-        200: {"description": "The file.", "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
-        **problem_responses(403, 404),
+        200: {
+            "description": "The file.",
+            "content": {
+                t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/webp")
+            },
+        },
+        **problem_responses(403, 404, 422),
     },
 )
 async def get_file(

@@ -55,6 +55,7 @@ IdempotencyKey = Annotated[
 Prefer = Annotated[
     str | None,
     Header(
+        alias="Prefer",
         max_length=200,
         description="`wait=N`: hold the request up to N seconds (at most the server's maximum, 60 by default) "
         "and answer 200 with the finished job if it ends in time, else 202 as usual.",

@@ -86,7 +86,7 @@ async def list_my_jobs(
     summary="Get a job",
     description="The job's status, queue position, progress, timings and, once it succeeded, one signed, "
     "expiring URL per image (fetch the job again for fresh URLs).",
-    responses=problem_responses(404, 503),
+    responses=problem_responses(404, 422, 503),
 )
 async def get_job(job_id: JobId, state: StateDep, owner: OwnerDep, base_url: BaseUrlDep) -> Job:
     return await view(state, await state.queue.get(job_id, owner), base_url)
@@ -100,7 +100,7 @@ async def get_job(job_id: JobId, state: StateDep, owner: OwnerDep, base_url: Bas
     description="A queued job is canceled at once; a running one stops within one denoising step "
     "(`cancel_requested` is true until it does) and stores nothing. Canceling an ended job changes nothing, "
     "so repeating the call is harmless.",
-    responses=problem_responses(404, 503),
+    responses=problem_responses(404, 422, 503),
 )
 async def cancel_job(job_id: JobId, state: StateDep, owner: OwnerDep, base_url: BaseUrlDep) -> Job:
     record = await state.queue.get(job_id, owner)
@@ -116,7 +116,7 @@ async def cancel_job(job_id: JobId, state: StateDep, owner: OwnerDep, base_url: 
     summary="Delete a job's stored files",
     description="Purges the job's stored inputs and outputs (a job that has not ended is canceled first). "
     "The job record stays, marked `purged`, until it expires.",
-    responses={204: {"description": "Purged."}, **problem_responses(404, 503)},
+    responses={204: {"description": "Purged."}, **problem_responses(404, 422, 503)},
 )
 async def delete_job(job_id: JobId, state: StateDep, owner: OwnerDep) -> Response:
     record = await state.queue.get(job_id, owner)
@@ -230,7 +230,9 @@ class DeliveryList(BaseModel):
     response_model=DeliveryList,
     operation_id="listWebhookDeliveries",
     summary="List a job's webhook delivery attempts",
-    responses=problem_responses(404, 503),
+    description="Every attempt to deliver the job's webhook events (time, status code or error, duration), oldest "
+    "first, and how many deliveries are still pending.",
+    responses=problem_responses(404, 422, 503),
 )
 async def list_deliveries(job_id: JobId, state: StateDep, owner: OwnerDep) -> DeliveryList:
     await state.queue.get(job_id, owner)
@@ -245,7 +247,7 @@ async def list_deliveries(job_id: JobId, state: StateDep, owner: OwnerDep) -> De
     operation_id="redeliverWebhook",
     summary="Send the terminal webhook again",
     description="Queues the job's terminal event for delivery again, with a new `webhook-id`.",
-    responses=problem_responses(404, 409, 503),
+    responses=problem_responses(404, 409, 422, 503),
 )
 async def redeliver(job_id: JobId, state: StateDep, owner: OwnerDep) -> DeliveryList:
     record = await state.queue.get(job_id, owner)

@@ -113,7 +113,8 @@ class ProblemType(BaseModel):
     response_model=ProblemType,
     operation_id="getProblemType",
     summary="Explain a problem type",
-    responses=problem_responses(404),
+    description="What a problem `type` means: every error response's `type` resolves here.",
+    responses=problem_responses(404, 422),
 )
 async def get_problem_type(
     slug: Annotated[str, Path(max_length=64, description="Problem slug.", examples=["not-found"])],

@@ -82,7 +82,7 @@ def _view(record: UploadRecord) -> Upload:
     },
 )
 async def create_upload(
-    file: Annotated[UploadFile, File(description="The image file.")],
+    file: Annotated[UploadFile, File(description="The image file.", json_schema_extra={"format": "binary"})],
     state: StateDep,
     response: Response,
     base_url: BaseUrlDep,
@@ -102,7 +102,8 @@ async def create_upload(
     response_model=Upload,
     operation_id="getUpload",
     summary="Get an upload",
-    responses=problem_responses(404, 503),
+    description="What an upload is, while its id can still be used in new jobs.",
+    responses=problem_responses(404, 422, 503),
 )
 async def get_upload(
     upload_id: Annotated[str, Path(pattern=UPLOAD_ID_PATTERN, examples=["upl_0f1e2d3c4b5a69788796a5b4c3d2e1f0"])],
