@@ -8,10 +8,13 @@ seed gives byte-identical files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import os
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
 
@@ -21,6 +24,8 @@ from sdserve.params import GenerationParams, OutputOptions
 from sdserve.records import StoredImage
 from sdserve.store import ObjectStore, output_key
 from worker.generation import GeneratedImage
+
+_ENCODERS = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="encode")
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -54,8 +59,9 @@ def encode_image(image: Image.Image, options: OutputOptions, text: dict[str, str
     return buffer.getvalue()
 
 
+@functools.cache
 def library_versions() -> dict[str, str]:
-    """Versions that decide what a seed produces."""
+    """Versions that decide what a seed produces (read once per process: package metadata is slow)."""
     versions = {"python": platform.python_version()}
     for dist in ("sdserve", "torch", "diffusers", "transformers", "pillow"):
         try:
@@ -76,19 +82,21 @@ def write_outputs(
     stored: list[StoredImage] = []
     digests: list[str] = []
     fmt = params.output.format
-    for item in images:
+
+    def encode(item: GeneratedImage) -> bytes:
         text = {
             "parameters": parameters_text(params, item.seed, *prompts),
             "sdserve": json.dumps(
-                {
-                    **params.model_dump(mode="json", exclude={"webhook", "metadata", "output"}),
-                    "seed": item.seed,
-                },
+                {**params.model_dump(mode="json", exclude={"webhook", "metadata", "output"}), "seed": item.seed},
                 sort_keys=True,
                 separators=(",", ":"),
             ),
         }
-        data = encode_image(item.image, params.output, text)
+        return encode_image(item.image, params.output, text)
+
+    # Encoding (zlib, libjpeg, libwebp) releases the GIL: a batch's images encode in parallel.
+    encoded = list(_ENCODERS.map(encode, images)) if len(images) > 1 else [encode(i) for i in images]
+    for item, data in zip(images, encoded, strict=True):
         key = output_key(job_id, f"{item.index}.{EXTENSIONS[fmt]}")
         store.put(key, data, CONTENT_TYPES[fmt])
         digests.append(hashlib.sha256(data).hexdigest())
