@@ -9,20 +9,25 @@ from contextlib import asynccontextmanager
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from app.errors import install_error_handlers
+from app.auth import require
+from app.errors import install_error_handlers, problem_responses
 from app.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMiddleware
 from app.openapi import build as build_openapi
 from app.openapi import document_webhooks
-from app.routes import catalog, files, health, images, jobs, playground, problems, uploads
+from app.routes import admin, catalog, files, health, images, jobs, playground, problems, uploads
 from app.state import GatewayState
 from sdserve import __version__
+from sdserve.auth import KeyRing, is_loopback
 from sdserve.deliveries import Deliveries
 from sdserve.idempotency import Idempotency
 from sdserve.keys import Keys
 from sdserve.logs import configure_logging
 from sdserve.queue import JobQueue
+from sdserve.ratelimit import RateLimiter
+from sdserve.redischeck import warn_about_redis
 from sdserve.registry import Registry
 from sdserve.s3store import S3Store, open_store
 from sdserve.settings import Settings
@@ -73,6 +78,8 @@ def build_state(settings: Settings) -> GatewayState:
         webhook_policy=WebhookPolicy.build(
             settings.webhook_allowed_ports, settings.webhook_allowed_hosts, settings.webhook_allowed_networks
         ),
+        keys=KeyRing.load(settings.api_keys_file, settings.api_keys),
+        rate_limiter=RateLimiter(client, keys),
     )
 
 
@@ -80,10 +87,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway for these settings (read from the environment when None)."""
     settings = settings or Settings()
     state = build_state(settings)
+    if not len(state.keys):
+        if not is_loopback(settings.host):
+            raise RuntimeError(
+                f"refusing to start: no API key is configured and the gateway would listen on {settings.host}; "
+                "configure keys (SDSERVE_API_KEYS_FILE or SDSERVE_API_KEYS; `sdserve keys new` makes one) "
+                "or bind to 127.0.0.1"
+            )
+        log.warning("no API key configured: the API is open to anyone who can reach %s (loopback only)", settings.host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("gateway starting", extra={"version": __version__, "redis": settings.redis_url})
+        await asyncio.to_thread(warn_about_redis, state.rq_connection, "gateway")
         if isinstance(state.store, S3Store):
             mode = await asyncio.to_thread(state.store.apply_retention)
             log.info("object store %r: retention %s", state.store, mode)
@@ -104,11 +120,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "health", "description": "Liveness and readiness probes."},
             {"name": "problems", "description": "What each problem type means."},
             {"name": "webhooks", "description": "What a job's webhook URL receives."},
+            {"name": "admin", "description": "Operations (keys with the `admin` scope)."},
         ],
     )
     app.state.gateway = state
     install_error_handlers(app)
-    for module in (images, uploads, jobs, files, catalog, health, problems, playground):
+    jobs_scope = [Depends(require("jobs"))]
+    for module in (images, uploads, jobs, catalog):
+        app.include_router(module.router, dependencies=jobs_scope, responses=problem_responses(401, 403))
+    app.include_router(admin.router, dependencies=[Depends(require("admin"))], responses=problem_responses(401, 403))
+    for module in (files, health, problems, playground):
         app.include_router(module.router)
     document_webhooks(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
@@ -116,6 +137,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, limits={"/v1/uploads": uploads.UPLOAD_BODY_LIMIT}
     )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[
+                "Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID", "X-Request-ID",
+            ],
+            expose_headers=[
+                "Location", "X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
+                "RateLimit-Reset", "Idempotent-Replayed", "Preference-Applied",
+            ],
+        )  # fmt: skip
     app.add_middleware(RequestIdMiddleware)
     return app
 
@@ -125,8 +159,12 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     configure_logging(settings.log_level, process="gateway")
+    try:
+        app = create_app(settings)
+    except RuntimeError as exc:
+        raise SystemExit(f"sdserve gateway: {exc}") from None
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,

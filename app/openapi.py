@@ -58,9 +58,19 @@ def build(app: FastAPI) -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schema.pop("$defs", None)
         schemas.setdefault(model.__name__, schema)
+    doc["components"]["securitySchemes"] = {
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`sk_…`) as `Authorization: Bearer <key>`. Deployments without keys "
+            "(loopback only) accept requests without one.",
+        }
+    }
     internal = problem_responses(500)[500]
-    for path_item in doc.get("paths", {}).values():
+    for path, path_item in doc.get("paths", {}).items():
         for operation in path_item.values():
+            if path.startswith("/v1/") and not path.startswith("/v1/files/"):
+                operation["security"] = [{"apiKey": []}]
             responses = operation.setdefault("responses", {})
             responses.setdefault("500", internal)
             for code, response in responses.items():

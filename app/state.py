@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 
+from sdserve.auth import KeyRing
 from sdserve.deliveries import Deliveries
 from sdserve.idempotency import Idempotency
 from sdserve.queue import JobQueue
+from sdserve.ratelimit import RateLimiter
 from sdserve.registry import Registry
 from sdserve.settings import Settings
 from sdserve.store import ObjectStore
@@ -31,6 +33,8 @@ class GatewayState:
     deliveries: Deliveries
     idempotency: Idempotency
     webhook_policy: WebhookPolicy
+    keys: KeyRing
+    rate_limiter: RateLimiter
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -7,7 +7,7 @@ from app.state import GatewayState
 from sdserve.errors import ModelUnavailable
 from sdserve.queue import new_job_id
 from sdserve.records import JobRecord
-from sdserve.resolve import check_request, denoising_steps, resolve_request
+from sdserve.resolve import check_request, denoising_steps, job_timeout, resolve_request
 from sdserve.tasks import Img2ImgRequest, InpaintRequest, JobRequest, OutpaintRequest
 from sdserve.webhooks import check_url
 
@@ -44,9 +44,13 @@ async def create_job(
         inputs = stored.keys()
     else:
         resolved = resolve_request(request, state.registry)
+    timeout = job_timeout(
+        resolved, per_megapixel_step=settings.timeout_seconds_per_megapixel_step, ceiling=settings.job_timeout_seconds
+    )
     return await state.queue.submit(
         resolved,
         job_id=job_id,
+        timeout=timeout,
         total_steps=denoising_steps(resolved),
         inputs=inputs,
         owner=owner,

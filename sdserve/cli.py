@@ -45,6 +45,24 @@ def _settings(overrides: dict[str, Any]) -> Settings:
         sys.exit(f"sdserve: invalid settings:\n{exc}")
 
 
+def print_new_key(name: str, scopes: list[str]) -> int:
+    """Make an API key; print it (the only time it is shown) and its keys-file entry."""
+    from sdserve.auth import ApiKey, hash_key, new_key
+
+    key = new_key()
+    try:
+        ApiKey.model_validate({"name": name, "sha256": hash_key(key), "scopes": scopes})
+    except ValidationError as exc:
+        print(f"sdserve keys: {exc}", file=sys.stderr)
+        return 2
+    quoted = ", ".join(f'"{s}"' for s in scopes)
+    print(f"API key for {name} (shown once; give it to the caller):\n\n  {key}\n")
+    print("Add this to the keys file (SDSERVE_API_KEYS_FILE):\n")
+    print(f'[keys.{name}]\nsha256 = "{hash_key(key)}"\nscopes = [{quoted}]')
+    print(f"\nor to SDSERVE_API_KEYS: {name}:{hash_key(key)}:{'+'.join(scopes)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdserve", description="Self-hosted Stable Diffusion inference service.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="Run one worker (one per GPU).")
     sub.add_parser("webhooks", help="Run the webhook dispatcher (sends signed deliveries, with retries).")
     generate.add_parser(sub)
+    keys = sub.add_parser("keys", help="Make an API key (prints it once, and the entry for the keys file).")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="Make a new API key.")
+    new.add_argument("name", help="The key's name: the owner of the jobs it creates.")
+    new.add_argument("--scopes", default="jobs", help="Comma-separated scopes: jobs, admin (default: jobs).")
     sub.add_parser(
         "purge", help="Delete stored objects older than SDSERVE_RETENTION_DAYS (stores without lifecycle rules)."
     )
@@ -69,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         sys.exit(generate.run(args))
+    if args.command == "keys":
+        sys.exit(print_new_key(args.name, args.scopes.split(",")))
     overrides: dict[str, Any] = {
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),

@@ -22,13 +22,17 @@ import time
 from typing import Any
 
 import httpx
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from sdserve.deliveries import TERMINAL, webhook_body
+from sdserve.janitor import Janitor
 from sdserve.keys import Keys
 from sdserve.logs import bind, configure_logging
+from sdserve.queue import rq_queue
 from sdserve.records import JobRecord
+from sdserve.redischeck import warn_about_redis
 from sdserve.settings import Settings
 from sdserve.store import LocalStore, ObjectStore
 from sdserve.webhooks import WebhookPolicy, deliver
@@ -210,16 +214,35 @@ def serve(settings: Settings) -> None:
 
     async def main() -> None:
         client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        sync = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        await asyncio.to_thread(warn_about_redis, sync, "webhooks")
+        keys = Keys(settings.key_prefix)
+        janitor = Janitor(
+            sync, keys, max_attempts=settings.max_attempts, queue_key=lambda model: rq_queue(sync, keys, model).key
+        )
         store = LocalStore(settings.objects_dir, settings.signing_key())
         dispatcher = Dispatcher(settings, client, store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, dispatcher.stopping.set)
         log.info("webhook dispatcher ready")
+
+        async def sweep() -> None:  # recovery of jobs whose worker died must not need a live worker
+            while not dispatcher.stopping.is_set():
+                try:
+                    await asyncio.to_thread(janitor.sweep)
+                except redis.exceptions.RedisError as exc:
+                    log.warning("janitor: redis unavailable (%s)", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dispatcher.stopping.wait(), timeout=10)
+
+        sweeper = asyncio.create_task(sweep())
         try:
             await dispatcher.run()
         finally:
+            await sweeper
             await client.aclose()
+            sync.close()
         log.info("webhook dispatcher stopped")
 
     asyncio.run(main())

@@ -28,6 +28,22 @@ class Keys:
         """Sorted set: one caller's job ids scored by creation time (for listing)."""
         return f"{self.prefix}:jobs:{owner}"
 
+    def active(self, owner: str) -> str:
+        """Set: one caller's jobs that have not ended (queued or running)."""
+        return f"{self.prefix}:active:{owner}"
+
+    def running(self) -> str:
+        """Sorted set: running job ids scored by when they (last) started; the janitor watches it."""
+        return f"{self.prefix}:running"
+
+    def paused(self) -> str:
+        """Set: models whose queues workers do not take jobs from (admin pause)."""
+        return f"{self.prefix}:paused"
+
+    def registry_version(self) -> str:
+        """Counter: bumped by a registry reload, so every process reloads its registry."""
+        return f"{self.prefix}:registry:version"
+
     def webhooks_due(self) -> str:
         """Sorted set: webhook delivery ids scored by when they are due (or until when they are leased)."""
         return f"{self.prefix}:webhooks:due"

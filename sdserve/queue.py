@@ -124,6 +124,7 @@ class JobQueue:
         inputs: Mapping[str, str] | None = None,
         owner: str | None = None,
         request_id: str | None = None,
+        timeout: int | None = None,
     ) -> JobRecord:
         """Store and enqueue a resolved request atomically; returns the new record.
 
@@ -145,13 +146,15 @@ class JobQueue:
             inputs=inputs,
             webhook=(request.webhook.url, [e.value for e in request.webhook.events]) if request.webhook else None,
         )
+        timeout = timeout or self._job_timeout
+        fields["timeout"] = str(timeout)
         queue = await self._queue(request.model)
         recorder = _RecordingPipeline()
         queue.enqueue_call(
             RUN_JOB,
             args=[job_id],
             job_id=job_id,
-            timeout=self._job_timeout,
+            timeout=timeout,
             result_ttl=RQ_RESULT_TTL,
             failure_ttl=self._job_ttl,
             description=f"{request.task} {request.model} {job_id}",
@@ -168,6 +171,7 @@ class JobQueue:
                 approximate=True,
             )
             pipe.expire(events_key, self._job_ttl)
+            pipe.sadd(self.keys.active(owner or ANONYMOUS), job_id)
             index = self.keys.jobs_index(owner or ANONYMOUS)
             pipe.zadd(index, {job_id: now})
             pipe.zremrangebyscore(index, "-inf", now - self._job_ttl)  # records older than this have expired
@@ -217,6 +221,21 @@ class JobQueue:
         queue_key = (await self._queue(record.model)).key
         pos = await self.redis.lpos(queue_key, record.id)
         return pos if isinstance(pos, int) else None
+
+    async def active_jobs(self, owner: str) -> int:
+        """How many of a caller's jobs have not ended (entries whose record expired are dropped)."""
+        key = self.keys.active(owner)
+        members = [m.decode() if isinstance(m, bytes) else str(m) for m in await self.redis.smembers(key)]
+        if not members:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in members:
+                pipe.exists(self.keys.job(job_id))
+            exists = await pipe.execute()
+        gone = [m for m, e in zip(members, exists, strict=True) if not e]
+        if gone:
+            await self.redis.srem(key, *gone)
+        return len(members) - len(gone)
 
     async def queue_depth(self, model: str) -> int:
         """Jobs waiting in a model's queue."""

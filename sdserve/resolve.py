@@ -125,3 +125,10 @@ def resolve_request(request: JobRequest, registry: Registry, image_size: tuple[i
             errors=[FieldError("body.strength", "too small for the number of steps")],
         )
     return resolved
+
+
+def job_timeout(request: JobRequest, *, per_megapixel_step: float, ceiling: int) -> int:
+    """A job's own timeout: 60 s plus its work (steps × megapixels × images), capped by the ceiling."""
+    assert request.width and request.height
+    work = denoising_steps(request) * request.num_images * request.width * request.height / 1e6
+    return int(min(ceiling, 60 + per_megapixel_step * work))

@@ -94,6 +94,22 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=1.5, gt=0, le=10)
     """Socket timeout for the gateway's Redis calls, so a Redis outage answers 503 instead of hanging."""
 
+    api_keys_file: Path | None = None
+    """TOML file of API keys (their SHA-256, scopes, limits): see `sdserve keys new`."""
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """API keys as `name:sha256[:scope+scope]` (comma separated); more can come from the keys file."""
+    rate_limit_per_minute: int = Field(default=120, ge=1)
+    """Job creations and uploads per minute per key (token bucket), unless the key sets its own."""
+    rate_limit_burst: int = Field(default=30, ge=1)
+    """Bucket size of the per-key rate limit, unless the key sets its own."""
+    max_active_jobs_per_key: int = Field(default=100, ge=1)
+    """Queued + running jobs one key may have at once, unless the key sets its own (429 beyond)."""
+    max_queue_depth: int = Field(default=1000, ge=1)
+    """Jobs waiting in one model's queue beyond which new ones are refused (503 + Retry-After)."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins browsers may call the API from (comma separated); empty: no CORS headers at all."""
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    """Runs a job gets when its worker dies under it; then it fails with `worker-lost`."""
     max_wait_seconds: int = Field(default=60, ge=0, le=300)
     """Longest `Prefer: wait=N` a request may hold the connection for."""
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
@@ -129,7 +145,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5.0, gt=0, le=60)
     """How often a busy worker proves it is alive."""
     job_timeout_seconds: int = Field(default=600, ge=10)
-    """Ceiling on one job's run time."""
+    """Ceiling on one job's run time (each job's own timeout is derived from its size and steps)."""
+    timeout_seconds_per_megapixel_step: float = Field(default=1.0, gt=0)
+    """A job's timeout: 60 s plus this for every step of every megapixel it makes (capped by the ceiling)."""
     model_memory_budget_mb: int | None = Field(default=None, ge=1)
     """Memory the resident models of one worker may take; least recently used ones are unloaded beyond it."""
     max_loras: int = Field(default=8, ge=1, le=256)
@@ -168,6 +186,8 @@ class Settings(BaseSettings):
     @field_validator(
         "worker_models",
         "compile_batch_sizes",
+        "api_keys",
+        "cors_origins",
         "webhook_retry_schedule",
         "webhook_allowed_ports",
         "webhook_allowed_hosts",

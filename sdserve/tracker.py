@@ -7,9 +7,10 @@ the matching event, and refuses to touch a job that has already ended.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import redis
 
@@ -19,13 +20,35 @@ from sdserve.jobs import JobError, JobStatus
 from sdserve.keys import Keys
 from sdserve.records import JobRecord, StoredImage
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def retrying(call: Callable[[], T], *, seconds: float = 120.0) -> T:
+    """Run a Redis call, riding out an outage of up to ``seconds`` (Redis restarting, failing over)."""
+    deadline = time.monotonic() + seconds
+    pause = 0.25
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("redis unavailable (%s); retrying in %.1fs", exc.__class__.__name__, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
 class JobTracker:
-    """Record a running job's life in Redis."""
+    """Record a running job's life in Redis.
+
+    Starting and ending a job ride out a Redis outage (they retry for up to two minutes): a job that
+    ran must not lose its outcome to a Redis restart.
+    """
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
@@ -48,7 +71,7 @@ class JobTracker:
     def start(self, job_id: str, worker: str, attempt_data: Mapping[str, Any] | None = None) -> str:
         """Mark a job running. Returns 'ok', 'cancel', or the status that forbids starting it."""
         data = encode_data({"status": "running", "worker": worker, **(attempt_data or {})})
-        return _text(self._start(keys=self._keys(job_id), args=[*self._head(), worker, data]))
+        return _text(retrying(lambda: self._start(keys=self._keys(job_id), args=[*self._head(), worker, data])))
 
     def progress(self, job_id: str, step: int, total: int, event: Mapping[str, Any] | None) -> str:
         """Record a step; with ``event``, also append a progress event.
@@ -72,7 +95,7 @@ class JobTracker:
         args: list[str] = [*self._head(), status.value, encode_data(event)]
         for name, value in fields.items():
             args += [name, value]
-        return _text(self._finish(keys=self._keys(job_id), args=args))
+        return _text(retrying(lambda: self._finish(keys=self._keys(job_id), args=args)))
 
     def succeed(
         self,

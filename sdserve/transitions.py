@@ -20,6 +20,12 @@ PROGRESS_WEBHOOK_INTERVAL = 1.0
 _PRELUDE = f"""
 local now = tonumber(ARGV[1])
 local delivery_prefix = ARGV[2]
+local base = string.sub(delivery_prefix, 1, #delivery_prefix - #'delivery:')
+local function settle()  -- the job has ended: it no longer counts against its owner, nor as running
+  local job = redis.call('HGET', KEYS[1], 'id')
+  redis.call('SREM', base .. 'active:' .. (redis.call('HGET', KEYS[1], 'owner') or 'anonymous'), job)
+  redis.call('ZREM', base .. 'running', job)
+end
 local function emit(event, data)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', {STREAM_MAXLEN}, '*', 'event', event, 'data', data)
   local events = redis.call('HGET', KEYS[1], 'webhook_events')
@@ -57,6 +63,7 @@ if status ~= 'queued' and status ~= 'running' then return status end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel' end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[3], 'step', '0')
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZADD', base .. 'running', now, redis.call('HGET', KEYS[1], 'id'))
 emit('started', ARGV[4])
 return 'ok'
 """
@@ -89,6 +96,7 @@ if s[1] == 'succeeded' or s[1] == 'failed' or s[1] == 'canceled' then return s[1
 if ARGV[3] == 'succeeded' and s[2] == '1' then return 'cancel' end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[1])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+settle()
 emit(ARGV[3], ARGV[4])
 return 'ok'
 """
@@ -108,6 +116,7 @@ redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 if status == 'queued' then
   redis.call('LREM', KEYS[4], 0, redis.call('HGET', KEYS[1], 'id'))
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+  settle()
   emit('canceled', ARGV[3])
   return 'canceled'
 end

@@ -13,9 +13,11 @@ import redis
 import torch
 from rq.serializers import JSONSerializer
 
+from sdserve.janitor import Janitor
 from sdserve.keys import Keys
 from sdserve.logs import configure_logging
 from sdserve.queue import rq_queue
+from sdserve.redischeck import warn_about_redis
 from sdserve.registry import Registry
 from sdserve.s3store import open_store
 from sdserve.settings import Settings
@@ -93,6 +95,14 @@ def make_worker(settings: Settings, connection: redis.Redis, runtime: Runtime) -
         served=list(settings.worker_models),
         ready_file=settings.ready_file,
     )
+    janitor = Janitor(
+        connection,
+        keys,
+        max_attempts=settings.max_attempts,
+        queue_key=lambda model: rq_queue(connection, keys, model).key,
+    )
+    worker.ticks.append((10.0, janitor.sweep))
+    worker.ticks.append((5.0, RegistryWatch(settings, connection, keys, runtime).check))
     if settings.max_batch_images > 1:
         worker.batcher = Batcher(
             connection,
@@ -104,12 +114,38 @@ def make_worker(settings: Settings, connection: redis.Redis, runtime: Runtime) -
     return worker
 
 
+class RegistryWatch:
+    """Reload the registry when an admin reloaded it (the gateway bumps a version counter in Redis)."""
+
+    def __init__(self, settings: Settings, connection: redis.Redis, keys: Keys, runtime: Runtime) -> None:
+        self.settings = settings
+        self.connection = connection
+        self.keys = keys
+        self.runtime = runtime
+        self.version = self._current()
+
+    def _current(self) -> bytes | None:
+        value = self.connection.get(self.keys.registry_version())
+        return value if isinstance(value, bytes) else None
+
+    def check(self) -> None:
+        version = self._current()
+        if version == self.version:
+            return
+        self.version = version
+        registry = Registry.load(self.settings.registry_file, self.settings.default_model)
+        self.runtime.registry = registry
+        self.runtime.pipelines.registry = registry
+        log.info("registry reloaded (version %s)", version.decode() if version else "0")
+
+
 def serve(settings: Settings) -> None:
     """Entry point of `sdserve worker`."""
     configure_logging(settings.log_level, process="worker")
     quiet_libraries()
     name = settings.worker_name or default_worker_name()
     connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    warn_about_redis(connection, "worker")
     runtime = build_runtime(settings, connection, name)
     jobs.install(runtime)
     worker = make_worker(settings, connection, runtime)

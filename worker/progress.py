@@ -8,13 +8,18 @@ that job's images); when no job of the call is left, the pipeline is stopped wit
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from sdserve.errors import JobCanceled
 from sdserve.tracker import JobTracker
 from worker.previews import preview_data_uri
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,11 @@ class StepReporter:
                 if preview and step < self.total:
                     event["preview"] = preview_data_uri(latents[member.first_image :], self.family)
                 events[i] = event
-        states = self.tracker.progress_many([m.job_id for m in live], step, self.total, events)
+        try:
+            states = self.tracker.progress_many([m.job_id for m in live], step, self.total, events)
+        except (redis.ConnectionError, redis.TimeoutError):
+            log.warning("redis unavailable: step %d not recorded (the job goes on)", step)
+            return
         for member, state in zip(live, states, strict=True):
             if state != "ok":
                 self.stopped.add(member.job_id)

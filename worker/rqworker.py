@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 from rq import SimpleWorker
+from rq.exceptions import DequeueTimeout
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty, UnixSignalDeathPenalty
@@ -56,8 +57,13 @@ class SdWorker(SimpleWorker):
         self.death_penalty_class = UnixSignalDeathPenalty if in_main else TimerDeathPenalty
         self._current: list[tuple[Job, Any]] = []
         self.batcher: Batcher | None = None
+        self.stopping = False
+        self.ticks: list[tuple[float, Callable[[], object]]] = []
+        """Chores the heartbeat thread runs every so many seconds (the janitor, registry reloads)."""
+        self._last_tick: dict[int, float] = {}
         self._stop_beating = threading.Event()
         self._beater = threading.Thread(target=self._beat, name="sdserve-heartbeat", daemon=True)
+        self._queue_models = {q.name: q.name.removeprefix(f"{keys.prefix}:") for q in self.queues}
 
     # --- heartbeats -----------------------------------------------------------------------
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
@@ -96,16 +102,66 @@ class SdWorker(SimpleWorker):
                 self.advertise()
                 for job, execution in list(self._current):
                     self.maintain_heartbeats(job, execution)
+                now = time.monotonic()
+                for i, (every, chore) in enumerate(self.ticks):
+                    if now - self._last_tick.get(i, 0.0) >= every:
+                        self._last_tick[i] = now
+                        chore()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:
                 log.exception("heartbeat thread error")
 
     # --- RQ hooks -------------------------------------------------------------------------
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        """A warm shutdown (SIGTERM, Ctrl-C, a drain command): finish the current job, take no other."""
+        self.stopping = True
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
     def _install_signal_handlers(self) -> None:
         """Signals reach the main thread only; a worker embedded in another thread is stopped by its host."""
         if threading.current_thread() is threading.main_thread():
             super()._install_signal_handlers()  # type: ignore[no-untyped-call]
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """Wait for a job on the queues of models that are not paused (re-checked every few seconds)."""
+        self.set_state(WorkerStatus.IDLE)
+        pause = 1.0
+        while True:
+            try:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+                paused = {
+                    m.decode() if isinstance(m, bytes) else str(m)
+                    for m in self.connection.smembers(self.sd_keys.paused())
+                }
+                queues = [q for q in self.queues if self._queue_models[q.name] not in paused]
+                if not queues:
+                    if timeout is None:
+                        return None
+                    time.sleep(1)
+                    continue
+                wait = None if timeout is None else min(timeout, 5)
+                result = self.queue_class.dequeue_any(
+                    queues,
+                    wait,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+                pause = 1.0
+                if result is not None or timeout is None:
+                    return result
+            except DequeueTimeout:
+                continue
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis unavailable while waiting for jobs (%s); retrying in %.0fs", exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         extras = self.batcher.collect(job.id, queue.key) if self.batcher is not None else []
@@ -165,10 +221,21 @@ class SdWorker(SimpleWorker):
         self.set_state(WorkerStatus.IDLE)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        self.advertise()
-        self._beater.start()
+        """RQ's work loop, restarted when it gives up on a Redis outage (it otherwise just quits)."""
+        burst = bool(kwargs.get("burst") or (args[0] if args else False))
         try:
-            return bool(super().work(*args, **kwargs))
+            self.advertise()
+        except redis.RedisError as exc:
+            log.warning("could not advertise this worker yet: %s", exc)
+        self._beater.start()
+        worked = False
+        try:
+            while True:
+                worked = bool(super().work(*args, **kwargs)) or worked
+                if burst or self._stop_requested or self.stopping:
+                    return worked
+                log.warning("the work loop stopped (Redis trouble?); restarting it in 2s")
+                time.sleep(2)
         finally:
             self._stop_beating.set()
             self.retire()

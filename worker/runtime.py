@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel
+from rq.timeouts import JobTimeoutException
 
 from sdserve.errors import JobCanceled, SdserveError, problem_type
 from sdserve.jobs import JobError
@@ -103,6 +104,10 @@ class Runtime:
                 self.tracker.cancel(record.id, timings)
                 outcomes[record.id] = {"status": "canceled"}
             log.info("jobs %s canceled", ids)
+        except JobTimeoutException:
+            for record, _, timings in claimed:
+                self._fail(record.id, "timeout", "The job ran out of time", "it ran longer than its timeout", timings)
+                outcomes[record.id] = {"status": "failed"}
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             detail = str(exc).split("\n")[0]

@@ -10,8 +10,9 @@ import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response, status
+from fastapi import APIRouter, Header, Request, Response, status
 
+from app.auth import admit
 from app.deps import BaseUrlDep, OwnerDep, RequestIdDep, StateDep
 from app.errors import problem_responses
 from app.state import GatewayState
@@ -35,7 +36,7 @@ _ACCEPTED: dict[int | str, dict[str, Any]] = {
         "or an `Idempotency-Key` replay of a job that has ended.",
         "model": Job,
     },
-    **problem_responses(413, 422, 503),
+    **problem_responses(413, 422, 429, 503),
 }
 
 _FOLLOW = (
@@ -79,6 +80,7 @@ async def _wait_until_done(state: GatewayState, record: JobRecord, owner: str, s
 
 
 async def accept(
+    request: Request,
     body: JobRequest,
     response: Response,
     state: GatewayState,
@@ -90,6 +92,7 @@ async def accept(
     prefer: str | None,
 ) -> Job:
     """Create (or, for a known Idempotency-Key, find) the job, wait if asked, and shape the answer."""
+    await admit(request, response, body.model or state.registry.default_model)
     if idempotency_key is None:
         record = await create_job(body, state=state, owner=owner, request_id=request_id)
     else:
@@ -131,6 +134,7 @@ async def accept(
 )
 async def create_txt2img(
     body: Txt2ImgRequest,
+    request: Request,
     response: Response,
     state: StateDep,
     base_url: BaseUrlDep,
@@ -140,7 +144,7 @@ async def create_txt2img(
     prefer: Prefer = None,
 ) -> Job:
     return await accept(
-        body, response, state, base_url=base_url, request_id=request_id, owner=owner,
+        request, body, response, state, base_url=base_url, request_id=request_id, owner=owner,
         idempotency_key=idempotency_key, prefer=prefer,
     )  # fmt: skip
 
@@ -157,6 +161,7 @@ async def create_txt2img(
 )
 async def create_img2img(
     body: Img2ImgRequest,
+    request: Request,
     response: Response,
     state: StateDep,
     base_url: BaseUrlDep,
@@ -166,7 +171,7 @@ async def create_img2img(
     prefer: Prefer = None,
 ) -> Job:
     return await accept(
-        body, response, state, base_url=base_url, request_id=request_id, owner=owner,
+        request, body, response, state, base_url=base_url, request_id=request_id, owner=owner,
         idempotency_key=idempotency_key, prefer=prefer,
     )  # fmt: skip
 
@@ -184,6 +189,7 @@ async def create_img2img(
 )
 async def create_inpaint(
     body: InpaintRequest,
+    request: Request,
     response: Response,
     state: StateDep,
     base_url: BaseUrlDep,
@@ -193,7 +199,7 @@ async def create_inpaint(
     prefer: Prefer = None,
 ) -> Job:
     return await accept(
-        body, response, state, base_url=base_url, request_id=request_id, owner=owner,
+        request, body, response, state, base_url=base_url, request_id=request_id, owner=owner,
         idempotency_key=idempotency_key, prefer=prefer,
     )  # fmt: skip
 
@@ -210,6 +216,7 @@ async def create_inpaint(
 )
 async def create_outpaint(
     body: OutpaintRequest,
+    request: Request,
     response: Response,
     state: StateDep,
     base_url: BaseUrlDep,
@@ -219,6 +226,6 @@ async def create_outpaint(
     prefer: Prefer = None,
 ) -> Job:
     return await accept(
-        body, response, state, base_url=base_url, request_id=request_id, owner=owner,
+        request, body, response, state, base_url=base_url, request_id=request_id, owner=owner,
         idempotency_key=idempotency_key, prefer=prefer,
     )  # fmt: skip

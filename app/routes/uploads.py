@@ -6,9 +6,10 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Path, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.auth import admit
 from app.deps import BaseUrlDep, StateDep
 from app.errors import problem_responses
 from sdserve.errors import NotFound
@@ -78,16 +79,18 @@ def _view(record: UploadRecord) -> Upload:
     "4,194,304 pixels). The image is checked and stored once; use the returned id as `image` or `mask`.",
     responses={
         201: {"headers": {"Location": {"description": "URL of the upload.", "schema": {"type": "string"}}}},
-        **problem_responses(413, 422, 503),
+        **problem_responses(413, 422, 429, 503),
     },
 )
 async def create_upload(
+    request: Request,
     file: Annotated[UploadFile, File(description="The image file.", json_schema_extra={"format": "binary"})],
     state: StateDep,
     response: Response,
     base_url: BaseUrlDep,
     kind: Annotated[Literal["image", "mask"], Form(description="`image` or `mask`.")] = "image",
 ) -> Upload:
+    await admit(request, response, None)
     data = await file.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
         raise InvalidImage("body.file", f"the file is larger than {MAX_UPLOAD_BYTES:,} bytes")
