@@ -61,7 +61,8 @@ async def admit(request: Request, response: Response, model: str | None) -> None
         per_minute = key.rate_per_minute or settings.rate_limit_per_minute
         burst = key.burst or settings.rate_limit_burst
         decision = await state.rate_limiter.take(key.name, per_minute, burst)
-        response.headers.update(decision.headers())
+        # Every answer to this request carries them, errors included (added by RequestIdMiddleware).
+        request.scope.setdefault("state", {})["extra_headers"] = decision.headers()
         if not decision.allowed:
             raise HTTPException(
                 429, f"rate limit: {per_minute} per minute, bursts of {burst}", headers=decision.headers()

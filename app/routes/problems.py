@@ -51,11 +51,31 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
         "The same key must come with the same body; use a new key for a new request.",
     ),
     "conflict": (409, "Conflict with the current state", "The request does not fit the resource's state now."),
+    "unauthorized": (401, "Authentication required", "Send an API key as `Authorization: Bearer <key>`."),
+    "rate-limited": (
+        429,
+        "Too many requests",
+        "The key's rate limit or its cap on queued and running jobs is "
+        "reached; retry after `Retry-After` seconds. `RateLimit-*` headers show the budget.",
+    ),
+    "worker-lost": (
+        200,
+        "The job's worker was lost",
+        "Set on a failed job: its worker died (killed, out of "
+        "memory, node lost) during each of its allowed attempts (SDSERVE_MAX_ATTEMPTS).",
+    ),
+    "timeout": (
+        200,
+        "The job ran out of time",
+        "Set on a failed job: it ran longer than its timeout (derived "
+        "from its size and steps, capped by SDSERVE_JOB_TIMEOUT_SECONDS).",
+    ),
     "not-found": (404, "Not found", "No such job or file, or it has expired."),
     "forbidden": (
         403,
         "Forbidden",
-        "A signed URL whose signature is wrong or which has expired. Fetch the job again for a fresh URL.",
+        "The API key lacks the scope this endpoint needs (e.g. `admin`), or a signed URL's signature is wrong "
+        "or it has expired (fetch the job again for a fresh URL).",
     ),
     "method-not-allowed": (405, "Method not allowed", "This path does not take this HTTP method."),
     "unavailable": (
