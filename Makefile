@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[gateway,worker,s3,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[gateway,worker,s3,otel,dev]'
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "no chromium: the playground's browser test will be skipped"
 	touch $(STAMP)

@@ -31,6 +31,7 @@ from sdserve.redischeck import warn_about_redis
 from sdserve.registry import Registry
 from sdserve.s3store import S3Store, open_store
 from sdserve.settings import Settings
+from sdserve.tracing import setup_tracing
 from sdserve.uploads import Uploads
 from sdserve.webhooks import WebhookPolicy
 
@@ -86,6 +87,7 @@ def build_state(settings: Settings) -> GatewayState:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway for these settings (read from the environment when None)."""
     settings = settings or Settings()
+    setup_tracing(settings, "gateway")
     state = build_state(settings)
     if not len(state.keys):
         if not is_loopback(settings.host):

@@ -6,7 +6,9 @@ Pure ASGI (not ``BaseHTTPMiddleware``) so that streaming responses and the event
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 import uuid
 
 from starlette.exceptions import HTTPException
@@ -14,6 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdserve.errors import problem_type
 from sdserve.logs import bind
+from sdserve.metrics import HTTP_DURATION, HTTP_REQUESTS
+
+log = logging.getLogger("sdserve.http")
 
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -33,8 +38,13 @@ class RequestIdMiddleware:
         request_id = incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = time.perf_counter()
+        status = 500
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 present = {k.lower() for k, _ in headers}
@@ -45,7 +55,21 @@ class RequestIdMiddleware:
             await send(message)
 
         with bind(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                method = scope["method"]
+                HTTP_REQUESTS.labels(route, method, str(status)).inc()
+                HTTP_DURATION.labels(route, method).observe(elapsed)
+                log.info(
+                    "%s %s %d",
+                    method,
+                    scope["path"],
+                    status,
+                    extra={"route": route, "status": status, "duration_ms": round(elapsed * 1000, 2)},
+                )
 
 
 class JsonBodyMiddleware:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from app.inputs import check_inputs
 from app.state import GatewayState
 from sdserve.errors import ModelUnavailable
+from sdserve.metrics import JOBS_SUBMITTED
 from sdserve.queue import new_job_id
 from sdserve.records import JobRecord
 from sdserve.resolve import check_request, denoising_steps, job_timeout, resolve_request
 from sdserve.tasks import Img2ImgRequest, InpaintRequest, JobRequest, OutpaintRequest
+from sdserve.tracing import span
 from sdserve.webhooks import check_url
 
 
@@ -47,12 +49,16 @@ async def create_job(
     timeout = job_timeout(
         resolved, per_megapixel_step=settings.timeout_seconds_per_megapixel_step, ceiling=settings.job_timeout_seconds
     )
-    return await state.queue.submit(
-        resolved,
-        job_id=job_id,
-        timeout=timeout,
-        total_steps=denoising_steps(resolved),
-        inputs=inputs,
-        owner=owner,
-        request_id=request_id,
-    )
+    JOBS_SUBMITTED.labels(resolved.model or "", resolved.task).inc()
+    with span(
+        "sdserve.submit", **{"sdserve.job_id": job_id, "sdserve.model": resolved.model, "sdserve.task": resolved.task}
+    ):
+        return await state.queue.submit(
+            resolved,
+            job_id=job_id,
+            timeout=timeout,
+            total_steps=denoising_steps(resolved),
+            inputs=inputs,
+            owner=owner,
+            request_id=request_id,
+        )

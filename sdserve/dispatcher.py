@@ -30,6 +30,7 @@ from sdserve.deliveries import TERMINAL, webhook_body
 from sdserve.janitor import Janitor
 from sdserve.keys import Keys
 from sdserve.logs import bind, configure_logging
+from sdserve.metrics import WEBHOOK_DURATION, WEBHOOKS, attempt_label, serve_metrics
 from sdserve.queue import rq_queue
 from sdserve.records import JobRecord
 from sdserve.redischeck import warn_about_redis
@@ -157,6 +158,10 @@ class Dispatcher:
                 else:
                     pipe.zadd(self.keys.webhooks_due(), {delivery_id: time.time() + delay})
                 await pipe.execute()
+            outcome = "delivered" if result is not None and result.ok else ("retry" if delay is not None else "failed")
+            WEBHOOKS.labels(event, outcome, attempt_label(attempt)).inc()
+            if result is not None:
+                WEBHOOK_DURATION.observe(result.duration_ms / 1000)
             if result is not None and result.ok:
                 log.info("webhook delivered", extra={"status_code": result.status_code, "ms": result.duration_ms})
             else:
@@ -225,6 +230,7 @@ def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, dispatcher.stopping.set)
+        serve_metrics(settings.dispatcher_metrics_port, "webhooks")
         log.info("webhook dispatcher ready")
 
         async def sweep() -> None:  # recovery of jobs whose worker died must not need a live worker

@@ -30,6 +30,7 @@ from sdserve.errors import problem_type
 from sdserve.events import encode_data
 from sdserve.jobs import JobError
 from sdserve.keys import Keys
+from sdserve.metrics import RECOVERED
 from sdserve.tracker import JobTracker
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Janitor:
     def _fail(self, job_id: str, slug: str, title: str, detail: str) -> None:
         if self.tracker.fail(job_id, JobError(type=problem_type(slug), title=title, detail=detail), {}):
             self.failed += 1
+            RECOVERED.labels("failed").inc()
             log.warning("job %s failed: %s", job_id, detail, extra={"job_id": job_id, "problem": slug})
 
     def _running(self) -> None:
@@ -110,6 +112,7 @@ class Janitor:
             keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.running(), self.queue_key(model)]
             if self._requeue(keys=keys, args=[worker, data]):
                 self.requeued += 1
+                RECOVERED.labels("requeued").inc()
                 log.warning("job %s requeued: worker %s is gone", job_id, worker, extra={"job_id": job_id})
 
     def _popped(self) -> None:

@@ -30,6 +30,7 @@ from sdserve.jobs import JobStatus
 from sdserve.keys import Keys
 from sdserve.records import JobRecord
 from sdserve.tasks import JobRequest
+from sdserve.tracing import current_traceparent
 
 ANONYMOUS = "anonymous"
 """The owner of jobs created without an API key."""
@@ -145,6 +146,7 @@ class JobQueue:
             request_id=request_id,
             inputs=inputs,
             webhook=(request.webhook.url, [e.value for e in request.webhook.events]) if request.webhook else None,
+            traceparent=current_traceparent(),
         )
         timeout = timeout or self._job_timeout
         fields["timeout"] = str(timeout)

@@ -65,6 +65,7 @@ class JobRecord:
     webhook_events: list[str] = field(default_factory=list)
     cancel_requested: bool = False
     purged: bool = False
+    traceparent: str | None = None
 
     @staticmethod
     def new_fields(
@@ -80,6 +81,7 @@ class JobRecord:
         request_id: str | None,
         inputs: Mapping[str, str] | None = None,
         webhook: tuple[str, list[str]] | None = None,
+        traceparent: str | None = None,
     ) -> dict[str, str]:
         """The hash fields of a freshly accepted job."""
         fields = {
@@ -100,6 +102,8 @@ class JobRecord:
             fields["webhook_url"], fields["webhook_events"] = webhook[0], ",".join(webhook[1])
         if owner:
             fields["owner"] = owner
+        if traceparent:
+            fields["traceparent"] = traceparent
         if request_id:
             fields["request_id"] = request_id
         return fields
@@ -140,6 +144,7 @@ class JobRecord:
             webhook_events=[e for e in (h.get("webhook_events") or "").split(",") if e],
             cancel_requested=h.get("cancel_requested") == "1",
             purged=h.get("purged") == "1",
+            traceparent=h.get("traceparent") or None,
         )
 
 

@@ -180,6 +180,14 @@ class Settings(BaseSettings):
     # --- sdserve up --------------------------------------------------------------------------
     start_redis: Literal["auto", "never"] = "auto"
     """`sdserve up`: start a local redis-server child when none answers at a local URL (auto), or never."""
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    """Port of a worker's Prometheus /metrics (0: none). The gateway serves its own at /metrics."""
+    dispatcher_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    """Port of the webhook dispatcher's Prometheus /metrics (0: none)."""
+    otel_enabled: bool = False
+    """Trace gateway → queue → worker → store with OpenTelemetry (needs the `otel` extra)."""
+    otel_endpoint: str | None = None
+    """OTLP/HTTP endpoint for traces (default: the exporter's own, e.g. OTEL_EXPORTER_OTLP_ENDPOINT)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of every process."""
 

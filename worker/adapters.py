@@ -23,6 +23,7 @@ from typing import Any
 from safetensors.torch import load_file
 
 from sdserve.errors import JobFailed
+from sdserve.metrics import ADAPTERS
 from sdserve.registry import EmbeddingSpec, LoraSpec
 from worker.speed import is_fused
 
@@ -93,6 +94,7 @@ class AdapterSet:
             log.exception("loading LoRA %s from %s failed", spec.name, path)
             raise AdapterLoadFailed(f"LoRA {spec.name!r} could not be loaded: {exc.__class__.__name__}") from exc
         self.loads += 1
+        ADAPTERS.labels("load").inc()
         return Resident(spec=spec, sha256=file_digest(path), load_ms=(time.perf_counter() - started) * 1000)
 
     def _evict_for(self, keep: set[str]) -> None:
@@ -103,6 +105,7 @@ class AdapterSet:
             self.pipe.delete_adapters(adapter_name(victim))
             del self.resident[victim]
             self.evictions += 1
+            ADAPTERS.labels("eviction").inc()
             log.info("evicted LoRA %s (least recently used)", victim)
 
     def activate(self, wanted: list[tuple[LoraSpec, float]]) -> Activation:
@@ -113,6 +116,7 @@ class AdapterSet:
         for spec, _ in wanted:
             if spec.name in self.resident:
                 self.hits += 1
+                ADAPTERS.labels("hit").inc()
             else:
                 self._evict_for(keep)
                 self.resident[spec.name] = self._load(spec)

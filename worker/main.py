@@ -16,11 +16,13 @@ from rq.serializers import JSONSerializer
 from sdserve.janitor import Janitor
 from sdserve.keys import Keys
 from sdserve.logs import configure_logging
+from sdserve.metrics import serve_metrics
 from sdserve.queue import rq_queue
 from sdserve.redischeck import warn_about_redis
 from sdserve.registry import Registry
 from sdserve.s3store import open_store
 from sdserve.settings import Settings
+from sdserve.tracing import setup_tracing
 from sdserve.tracker import JobTracker
 from worker import jobs
 from worker.batching import Batcher
@@ -148,6 +150,8 @@ def serve(settings: Settings) -> None:
     warn_about_redis(connection, "worker")
     runtime = build_runtime(settings, connection, name)
     jobs.install(runtime)
+    serve_metrics(settings.worker_metrics_port, "worker")
+    setup_tracing(settings, "worker")
     worker = make_worker(settings, connection, runtime)
     log.info("worker %s ready: models %s", name, ", ".join(settings.worker_models))
     worker.work(logging_level=settings.log_level.upper(), with_scheduler=False)

@@ -18,11 +18,23 @@ from rq.timeouts import JobTimeoutException
 from sdserve.errors import JobCanceled, SdserveError, problem_type
 from sdserve.jobs import JobError
 from sdserve.logs import bind
+from sdserve.metrics import (
+    BATCH_SIZE,
+    BUSY_SECONDS,
+    GPU_MEMORY,
+    GPU_MEMORY_PEAK,
+    IMAGES,
+    JOB_FAILURES,
+    JOB_PHASE,
+    JOBS_FINISHED,
+    RESIDENT_MODELS,
+)
 from sdserve.records import JobRecord
 from sdserve.registry import Registry
 from sdserve.settings import Settings
 from sdserve.store import ObjectStore
 from sdserve.tasks import REQUEST_MODELS
+from sdserve.tracing import span
 from sdserve.tracker import JobTracker
 from worker.device import DeviceConfig
 from worker.outputs import library_versions, write_manifest, write_mask, write_outputs
@@ -73,29 +85,21 @@ class Runtime:
         Never raises for the jobs' own failures: those go on their records.
         """
         # 1. Claim each job: queued (or a retried running) → running. Ended or canceled: skip it.
-        outcomes: dict[str, dict[str, Any]] = {}
-        claimed: list[tuple[JobRecord, float, dict[str, float]]] = []
-        for job_id in job_ids:
-            record = self.tracker.load(job_id)
-            if record is None:
-                log.warning("job %s has no record (expired?); skipping", job_id)
-                outcomes[job_id] = {"status": "missing"}
-                continue
-            state = self.tracker.start(job_id, self.name, {"attempt": record.attempts + 1, "batch": len(job_ids)})
-            if state == "cancel":
-                self.tracker.cancel(job_id)
-                outcomes[job_id] = {"status": "canceled"}
-            elif state != "ok":
-                log.info("job %s is %s; skipping", job_id, state)
-                outcomes[job_id] = {"status": state}
-            else:
-                started = time.time()
-                claimed.append((record, started, {"queued_ms": (started - record.created_at) * 1000}))
+        outcomes, claimed = self._claim(job_ids)
         if not claimed:
             return outcomes
         ids = [record.id for record, _, _ in claimed]
+        busy_started = time.perf_counter()
         try:
-            with bind(job_id=ids[0] if len(ids) == 1 else ",".join(ids)):
+            first = claimed[0][0]
+            with bind(
+                job_id=ids[0] if len(ids) == 1 else ",".join(ids),
+                request_id=first.request_id,
+                model=first.model,
+                task=first.task,
+            ), span(
+                "sdserve.job", parent=first.traceparent, **{"sdserve.job_id": first.id, "sdserve.batch": len(ids)}
+            ):
                 done = self._run(claimed)
             outcomes.update(done)
         except JobCanceled:
@@ -124,7 +128,70 @@ class Runtime:
                 detail = f"the worker failed unexpectedly (see worker {self.name}'s log)"
                 self._fail(record.id, "internal", "Internal error", detail, timings)
                 outcomes[record.id] = {"status": "failed"}
+        finally:
+            BUSY_SECONDS.inc(time.perf_counter() - busy_started)
+            self._observe(claimed, outcomes)
         return outcomes
+
+    def _claim(
+        self, job_ids: list[str]
+    ) -> tuple[dict[str, dict[str, Any]], list[tuple[JobRecord, float, dict[str, float]]]]:
+        """Mark each job running; the ones that cannot start (ended, canceled, expired) get their outcome."""
+        outcomes: dict[str, dict[str, Any]] = {}
+        claimed: list[tuple[JobRecord, float, dict[str, float]]] = []
+        for job_id in job_ids:
+            record = self.tracker.load(job_id)
+            if record is None:
+                log.warning("job %s has no record (expired?); skipping", job_id)
+                outcomes[job_id] = {"status": "missing"}
+                continue
+            state = self.tracker.start(job_id, self.name, {"attempt": record.attempts + 1, "batch": len(job_ids)})
+            if state == "cancel":
+                self.tracker.cancel(job_id)
+                outcomes[job_id] = {"status": "canceled"}
+            elif state != "ok":
+                log.info("job %s is %s; skipping", job_id, state)
+                outcomes[job_id] = {"status": state}
+            else:
+                started = time.time()
+                claimed.append((record, started, {"queued_ms": (started - record.created_at) * 1000}))
+        return outcomes, claimed
+
+    def _observe(
+        self, claimed: list[tuple[JobRecord, float, dict[str, float]]], outcomes: dict[str, dict[str, Any]]
+    ) -> None:
+        """Metrics and one log line per ended job: outcome, phases, images."""
+        phases = {
+            "queue_wait": "queued_ms", "model_load": "model_load_ms", "adapters": "adapters_ms",
+            "denoise": "inference_ms", "decode": "decode_ms", "upload": "upload_ms",
+        }  # fmt: skip
+        for record, _, timings in claimed:
+            status = outcomes.get(record.id, {}).get("status", "unknown")
+            JOBS_FINISHED.labels(record.model, record.task, status).inc()
+            for phase, field in phases.items():
+                if field in timings:
+                    JOB_PHASE.labels(record.model, record.task, phase).observe(timings[field] / 1000)
+            if status == "succeeded":
+                IMAGES.labels(record.model, record.task).inc(int(record.request.get("num_images", 1)))
+            elif status == "failed":
+                problem = (self.tracker.load(record.id) or record).error
+                slug = problem.type.rsplit("/", 1)[-1] if problem else "unknown"
+                JOB_FAILURES.labels(record.model, record.task, slug).inc()
+            log.info(
+                "job %s %s",
+                record.id,
+                status,
+                extra={
+                    "job_id": record.id, "request_id": record.request_id, "model": record.model, "task": record.task,
+                    "status": status, "batch": len(claimed), **{k: round(v, 2) for k, v in timings.items()},
+                },
+            )  # fmt: skip
+        if claimed:
+            BATCH_SIZE.observe(sum(int(r.request.get("num_images", 1)) for r, _, _ in claimed))
+        RESIDENT_MODELS.set(len(self.pipelines.loaded()))
+        if torch.cuda.is_available():
+            GPU_MEMORY.set(torch.cuda.memory_allocated())
+            GPU_MEMORY_PEAK.set(torch.cuda.max_memory_allocated())
 
     def _fail(self, job_id: str, slug: str, title: str, detail: str, timings: dict[str, float]) -> None:
         self.tracker.fail(job_id, JobError(type=problem_type(slug), title=title, detail=detail), timings)
@@ -172,7 +239,8 @@ class Runtime:
                 timings=shared_timings,
                 vae_tiling_min_pixels=self.settings.vae_tiling_min_pixels,
             )
-            outputs = [recipe(ctx, requests[0])] if len(claimed) == 1 else txt2img.run_batch(ctx, requests)
+            with span("sdserve.generate", **{"sdserve.model": model.spec.name}):
+                outputs = [recipe(ctx, requests[0])] if len(claimed) == 1 else txt2img.run_batch(ctx, requests)
         finally:
             model.adapters.reset()
 
@@ -183,7 +251,10 @@ class Runtime:
                 outcomes[record.id] = {"status": "canceled"}
                 continue
             timings.update(shared_timings)
-            state = self._store_results(record, request, model, output, started, timings, activation.adapters, reporter)
+            with span("sdserve.store", **{"sdserve.job_id": record.id}):
+                state = self._store_results(
+                    record, request, model, output, started, timings, activation.adapters, reporter
+                )
             outcomes[record.id] = {"status": "succeeded" if state == "ok" else state}
         return outcomes
 
