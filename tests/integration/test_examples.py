@@ -1,0 +1,76 @@
+"""The worked examples of README and docs/api.md: one job per task on the `demo` model.
+
+Run with ``SDSERVE_WRITE_EXAMPLES=1`` to refresh the images in docs/images/examples/ (the documentation
+then shows what the code does now); otherwise they go to a temporary folder."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from sdserve.settings import Settings
+from tests.images import data_uri, encode
+
+pytestmark = pytest.mark.integration
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "images" / "examples"
+COMMON = {"model": "demo", "steps": 20, "seed": 7}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The suite's settings, with a worker that also serves the `demo` model."""
+    return settings.model_copy(update={"worker_models": ["tiny", "demo"]})
+
+
+def run(client: httpx.Client, run_worker: Any, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Image.Image]:
+    created = client.post(path, json={**COMMON, **body})
+    assert created.status_code == 202, created.text
+    run_worker()
+    job = client.get(f"/v1/jobs/{created.json()['id']}").json()
+    assert job["status"] == "succeeded", job
+    return job, Image.open(io.BytesIO(httpx.get(job["images"][0]["url"]).content)).convert("RGB")
+
+
+def test_worked_examples(client: httpx.Client, run_worker: Any, tmp_path: Path) -> None:
+    OUT = DOCS if os.environ.get("SDSERVE_WRITE_EXAMPLES") == "1" else tmp_path  # noqa: N806
+    OUT.mkdir(parents=True, exist_ok=True)
+    _, scene = run(client, run_worker, "/v1/txt2img", {"prompt": "a large red circle on a blue background"})
+    assert scene.size == (256, 256)
+    scene.save(OUT / "txt2img.png")
+
+    _, varied = run(
+        client, run_worker, "/v1/img2img",
+        {"prompt": "a large red circle on a green background", "image": data_uri(encode(scene)), "strength": 0.6},
+    )  # fmt: skip
+    assert varied.size == (256, 256)
+    varied.save(OUT / "img2img.png")
+
+    mask = Image.new("L", scene.size, 0)
+    ImageDraw.Draw(mask).rectangle((150, 20, 240, 110), fill=255)
+    mask.save(OUT / "inpaint-mask.png")
+    job, painted = run(
+        client, run_worker, "/v1/inpaint",
+        {"prompt": "a small yellow star at the top right on a blue background", "image": data_uri(encode(scene)),
+         "mask": data_uri(encode(mask)), "mask_blur": 4, "return_mask": True},
+    )  # fmt: skip
+    final = np.asarray(Image.open(io.BytesIO(httpx.get(job["mask_url"]).content)))
+    keep = final == 0
+    assert np.array_equal(np.asarray(painted)[keep], np.asarray(scene)[keep])
+    painted.save(OUT / "inpaint.png")
+
+    _, wider = run(
+        client, run_worker, "/v1/outpaint",
+        {"prompt": "a large red circle on a blue background", "image": data_uri(encode(scene)), "left": 64,
+         "right": 64, "fill": "blur", "feather": 16},
+    )  # fmt: skip
+    assert wider.size == (384, 256)
+    assert np.array_equal(np.asarray(wider)[:, 64 + 16 : 64 + 256 - 16], np.asarray(scene)[:, 16:240])
+    wider.save(OUT / "outpaint.png")
