@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from sdserve.errors import (
     Conflict,
@@ -30,6 +31,7 @@ from sdserve.errors import (
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
 class FieldProblem(BaseModel):
@@ -178,14 +180,27 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     slug, title = HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
     return problem_response(
         request,
         status=exc.status_code,
         slug=slug,
         title=title,
         detail=detail,
-        headers=dict(exc.headers or {}),
+        headers=headers,
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the request's path answers, from the OpenAPI document (the router names only the methods
+    of the first route whose path matched)."""
+    methods: set[str] = set()
+    for template, item in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.url.path):
+            methods |= {m.upper() for m in item if m in _METHODS}
+    return ", ".join(sorted(methods))
 
 
 async def _on_redis_error(request: Request, exc: Exception) -> JSONResponse:

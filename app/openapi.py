@@ -67,12 +67,15 @@ def build(app: FastAPI) -> dict[str, Any]:
         }
     }
     internal = problem_responses(500)[500]
+    bad_request = problem_responses(400)[400]
     for path, path_item in doc.get("paths", {}).items():
         for operation in path_item.values():
             if path.startswith("/v1/") and not path.startswith("/v1/files/"):
                 operation["security"] = [{"apiKey": []}]
             responses = operation.setdefault("responses", {})
             responses.setdefault("500", internal)
+            if "requestBody" in operation:  # a body that cannot be parsed at all (not UTF-8, broken multipart)
+                responses.setdefault("400", bad_request)
             for code, response in responses.items():
                 response.setdefault("headers", {}).setdefault("X-Request-ID", REQUEST_ID_HEADER)
                 content = response.get("content", {})

@@ -133,4 +133,4 @@ class LocalStore:
         """Whether a signature is valid for this key and has not expired."""
         if expires < time.time():
             return False
-        return hmac.compare_digest(self._signature(key, expires), signature)
+        return hmac.compare_digest(self._signature(key, expires).encode(), signature.encode())

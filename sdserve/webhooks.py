@@ -86,6 +86,8 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UnsafeWebhookUrl(f"host {host!r} does not resolve ({exc.strerror})", permanent=False) from None
+    except UnicodeError:  # an empty or over-long label, or characters IDNA refuses: not a host name at all
+        raise UnsafeWebhookUrl(f"host {host!r} is not a valid host name") from None
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 

@@ -23,13 +23,13 @@ from sdserve.registry import Registry
 from sdserve.s3store import open_store
 from sdserve.settings import Settings
 from sdserve.tracing import setup_tracing
-from sdserve.tracker import JobTracker
+from sdserve.tracker import JobTracker, retrying
 from worker import jobs
 from worker.batching import Batcher
 from worker.device import DeviceConfig
 from worker.pipelines import PipelineCache
 from worker.rqworker import SdWorker
-from worker.runtime import Runtime, default_worker_name
+from worker.runtime import Runtime, worker_name
 from worker.speed import SpeedOptions, use_compile_cache
 
 log = logging.getLogger("sdserve.worker")
@@ -145,13 +145,13 @@ def serve(settings: Settings) -> None:
     """Entry point of `sdserve worker`."""
     configure_logging(settings.log_level, process="worker")
     quiet_libraries()
-    name = settings.worker_name or default_worker_name()
+    name = worker_name(settings.worker_name)
     connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     warn_about_redis(connection, "worker")
     runtime = build_runtime(settings, connection, name)
     jobs.install(runtime)
     serve_metrics(settings.worker_metrics_port, "worker")
     setup_tracing(settings, "worker")
-    worker = make_worker(settings, connection, runtime)
+    worker = retrying(lambda: make_worker(settings, connection, runtime), seconds=300)  # Redis may be restarting
     log.info("worker %s ready: models %s", name, ", ".join(settings.worker_models))
     worker.work(logging_level=settings.log_level.upper(), with_scheduler=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -54,9 +55,14 @@ TASKS: dict[str, tuple[type[BaseModel], Recipe]] = {
 }
 
 
-def default_worker_name() -> str:
-    """``<host>.<pid>``: unique per process, readable in logs."""
-    return f"{socket.gethostname()}.{os.getpid()}"
+def worker_name(configured: str | None = None) -> str:
+    """``<configured name or host>.<pid>.<random>``: unique per process *incarnation*, readable in logs.
+
+    Liveness is keyed by name (the presence hash the janitor checks, RQ's worker hash). A container restarted
+    in its pod keeps the pod name (SDSERVE_WORKER_NAME) and often pid 1: it must not pass for the worker that
+    died, or the job that worker was running is never requeued, and RQ refuses to start it for minutes.
+    """
+    return f"{configured or socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -92,13 +98,16 @@ class Runtime:
         busy_started = time.perf_counter()
         try:
             first = claimed[0][0]
-            with bind(
-                job_id=ids[0] if len(ids) == 1 else ",".join(ids),
-                request_id=first.request_id,
-                model=first.model,
-                task=first.task,
-            ), span(
-                "sdserve.job", parent=first.traceparent, **{"sdserve.job_id": first.id, "sdserve.batch": len(ids)}
+            with (
+                bind(
+                    job_id=ids[0] if len(ids) == 1 else ",".join(ids),
+                    request_id=first.request_id,
+                    model=first.model,
+                    task=first.task,
+                ),
+                span(
+                    "sdserve.job", parent=first.traceparent, **{"sdserve.job_id": first.id, "sdserve.batch": len(ids)}
+                ),
             ):
                 done = self._run(claimed)
             outcomes.update(done)

@@ -15,6 +15,7 @@ from sdserve.store import LocalStore
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 _TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "json": "application/json"}
 
 
@@ -29,7 +30,8 @@ _TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "json":
         200: {
             "description": "The file.",
             "content": {
-                t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/webp")
+                **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
+                "application/json": {"schema": {"type": "object", "description": "A job's manifest.json."}},
             },
         },
         **problem_responses(403, 404, 422),

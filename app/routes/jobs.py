@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
 from app.deps import BaseUrlDep, OwnerDep, StateDep
@@ -25,9 +25,27 @@ from sdserve.views import job_view
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+EVENT_SCHEMA = {
+    "description": "One Server-Sent Event (OpenAPI before 3.2 describes a stream by its events).",
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "Stream position; send it back as `Last-Event-ID` to resume."},
+        "event": {"type": "string", "enum": [name.value for name in EventName]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "The event's JSON."},
+    },
+}
+
 JobId = Annotated[
     str, Path(description="The job's id.", examples=["01a2141e-8035-722a-ae56-08d956773a95"], max_length=64)
 ]
+
+
+def _iso_only(value: object) -> object:
+    """Refuse bare numbers (pydantic would read them as Unix seconds; the schema says ISO 8601)."""
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("an ISO 8601 date-time, e.g. 2026-11-25T19:00:00Z")
+    return value
 
 
 async def view(state: GatewayState, record: JobRecord, base_url: str) -> Job:
@@ -61,7 +79,9 @@ async def list_my_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status", description="Only jobs in this state.")] = None,
     model: Annotated[str | None, Query(max_length=MAX_NAME_CHARS, description="Only jobs of this model.")] = None,
     created_after: Annotated[
-        datetime | None, Query(description="Only jobs created after this time (ISO 8601).")
+        datetime | None,
+        BeforeValidator(_iso_only),
+        Query(description="Only jobs created after this time (ISO 8601)."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="From `next_cursor`.")] = None,
@@ -175,7 +195,7 @@ async def stream_events(
     "reconnect with `Last-Event-ID` to resume without loss or duplicates. A client that connects after "
     "the job ended gets its whole history.",
     responses={
-        200: {"description": "An event stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"description": "An event stream.", "content": {"text/event-stream": {"schema": EVENT_SCHEMA}}},
         **problem_responses(404, 422, 503),
     },
     response_class=EventSourceResponse,

@@ -20,6 +20,12 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
         "`errors` lists each failing field. Fix the request; retrying as is fails again.",
     ),
     "invalid-request": (422, "The request is invalid", "The request is well-formed but cannot run as asked."),
+    "bad-request": (
+        400,
+        "Bad request",
+        "The body could not be read at all (JSON that is not UTF-8, broken multipart). Fix the request; "
+        "retrying as is fails again.",
+    ),
     "unknown-name": (
         422,
         "Unknown name",
@@ -77,7 +83,18 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
         "The API key lacks the scope this endpoint needs (e.g. `admin`), or a signed URL's signature is wrong "
         "or it has expired (fetch the job again for a fresh URL).",
     ),
-    "method-not-allowed": (405, "Method not allowed", "This path does not take this HTTP method."),
+    "method-not-allowed": (
+        405,
+        "Method not allowed",
+        "This path does not take this HTTP method; the `Allow` header lists those it takes.",
+    ),
+    "not-acceptable": (406, "Not acceptable", "The `Accept` header asks for a representation this endpoint lacks."),
+    "unsupported-media-type": (
+        415,
+        "Unsupported media type",
+        "The body's `Content-Type` is not one this endpoint reads (JSON bodies: application/json; uploads: "
+        "multipart/form-data).",
+    ),
     "unavailable": (
         503,
         "Service unavailable",
