@@ -68,13 +68,13 @@ async def admit(request: Request, response: Response, model: str | None) -> None
                 429, f"rate limit: {per_minute} per minute, bursts of {burst}", headers=decision.headers()
             )
         cap = key.max_active_jobs or settings.max_active_jobs_per_key
-        if model is not None and await state.queue.active_jobs(key.name) >= cap:
+        if model is not None and await state.queue.active_at_cap(key.name, cap):
             raise HTTPException(
                 429,
                 f"this key already has {cap} queued or running jobs; wait for some to end",
                 headers={"Retry-After": "5"},
             )
-    if model is not None and await state.queue.queue_depth(model) >= settings.max_queue_depth:
+    if model is not None and await state.queue.queue_full(model, settings.max_queue_depth):
         raise Unavailable(
             f"the queue of model {model!r} is full ({settings.max_queue_depth} jobs waiting); retry later",
             retry_after=10,

@@ -158,6 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def serve(settings: Settings) -> None:
     """Entry point of `sdserve gateway`: uvicorn on the configured host and port."""
+    import gc
+
     import uvicorn
 
     configure_logging(settings.log_level, process="gateway")
@@ -165,6 +167,10 @@ def serve(settings: Settings) -> None:
         app = create_app(settings)
     except RuntimeError as exc:
         raise SystemExit(f"sdserve gateway: {exc}") from None
+    # What exists now (modules, the app, schemas) lives as long as the process: freeze it out of the
+    # cyclic collector, so the frequent collections that request garbage triggers only walk new objects.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.host,

@@ -6,8 +6,7 @@ from app.inputs import check_inputs
 from app.state import GatewayState
 from sdserve.errors import ModelUnavailable
 from sdserve.metrics import JOBS_SUBMITTED
-from sdserve.queue import new_job_id
-from sdserve.records import JobRecord
+from sdserve.queue import Submitted, new_job_id
 from sdserve.resolve import check_request, denoising_steps, job_timeout, resolve_request
 from sdserve.tasks import Img2ImgRequest, InpaintRequest, JobRequest, OutpaintRequest
 from sdserve.tracing import span
@@ -16,8 +15,8 @@ from sdserve.webhooks import check_url
 
 async def create_job(
     request: JobRequest, *, state: GatewayState, owner: str | None = None, request_id: str | None = None
-) -> JobRecord:
-    """Everything between a validated body and a queued job.
+) -> Submitted:
+    """Everything between a validated body and a queued job (its record and queue position).
 
     Cheap checks (names, model capabilities) come first; images are decoded and checked only then;
     nothing is stored for a request that is refused.
@@ -49,11 +48,10 @@ async def create_job(
     timeout = job_timeout(
         resolved, per_megapixel_step=settings.timeout_seconds_per_megapixel_step, ceiling=settings.job_timeout_seconds
     )
-    JOBS_SUBMITTED.labels(resolved.model or "", resolved.task).inc()
     with span(
         "sdserve.submit", **{"sdserve.job_id": job_id, "sdserve.model": resolved.model, "sdserve.task": resolved.task}
     ):
-        return await state.queue.submit(
+        submitted = await state.queue.submit(
             resolved,
             job_id=job_id,
             timeout=timeout,
@@ -62,3 +60,5 @@ async def create_job(
             owner=owner,
             request_id=request_id,
         )
+    JOBS_SUBMITTED.labels(resolved.model or "", resolved.task).inc()  # counted once it is queued
+    return submitted

@@ -62,7 +62,10 @@ async def list_jobs(
     if cursor is not None:
         score, skip_id = decode_cursor(cursor)
         high = score
-    low: Any = created_after if created_after is not None else "-inf"
+    # Times are shown to the microsecond: compare at that precision, so a job's own `created_at` sent back
+    # as `created_after` leaves that job out whichever way its float was rounded for display.
+    after_us = round(created_after * 1e6) if created_after is not None else None
+    low: Any = created_after - 1e-6 if created_after is not None else "-inf"
     found: list[JobRecord] = []
     scanned = 0
     offset = 0
@@ -96,7 +99,7 @@ async def list_jobs(
                 continue
             if model is not None and record.model != model:
                 continue
-            if created_after is not None and record.created_at <= created_after:
+            if after_us is not None and round(record.created_at * 1e6) <= after_us:
                 continue
             found.append(record)
             if len(found) == limit:

@@ -1,10 +1,10 @@
 """The gateway's side of the queue: accept, look up and locate jobs (redis.asyncio + RQ).
 
-A job is accepted in one Redis transaction: the job record, its first event, the listing index and
-RQ's own enqueue writes (job hash, queue push) either all land or none does. RQ decides *what* to
-write (``Queue.enqueue_call`` against a recording pipeline); this module replays those writes on the
-asyncio client inside the same MULTI/EXEC as ours, so the event loop never blocks on Redis and RQ's
-key layout stays RQ's business.
+A job is accepted in one Lua call (``APPLY``): the job record, its first event, the active set, the
+listing index and RQ's own enqueue writes (job hash, queue push, last). RQ decides *what* to write
+(``Queue.enqueue_call`` against a pipeline that is never executed); this module sends those writes with
+ours from the asyncio client, so the event loop never blocks on Redis and RQ's key layout stays RQ's
+business. Submits that are ready together share one call (group commit).
 
 The RQ job runs ``worker.jobs.run_job(job_id)``, referenced by its dotted path: the gateway never
 imports the worker (or torch). Jobs are serialised as JSON, never pickle.
@@ -12,11 +12,12 @@ imports the worker (or torch). Jobs are serialised as JSON, never pickle.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -38,6 +39,29 @@ ANONYMOUS = "anonymous"
 RUN_JOB = "worker.jobs.run_job"
 """Dotted path of the function a worker runs for every job."""
 
+APPLY = """
+local out, i = {}, 1
+while i <= #ARGV do
+  local count, failed = tonumber(ARGV[i]), false
+  i = i + 1
+  for _ = 1, count do
+    local n = tonumber(ARGV[i])
+    if failed then
+      out[#out + 1] = false
+    else
+      local reply = redis.pcall(unpack(ARGV, i + 1, i + n))
+      failed = type(reply) == 'table' and reply.err ~= nil
+      out[#out + 1] = reply
+    end
+    i = i + n + 1
+  end
+end
+return out
+"""
+"""Apply the writes of one or more jobs in one atomic script call: ARGV holds, per job, its command
+count, then per command its argument count and arguments. A job's commands stop at its first error
+(its queue push comes last, so a job that failed is never queued); other jobs are not affected."""
+
 RQ_RESULT_TTL = 3600
 """Seconds RQ keeps its own finished-job hash (our record is the truth and lives longer)."""
 
@@ -58,24 +82,76 @@ def is_job_id(value: str) -> bool:
         return False
 
 
-class _RecordingPipeline:
-    """Stands in for a redis-py pipeline and records the commands RQ issues on it."""
+def _flat(commands: list[tuple[Any, ...]]) -> list[Any]:
+    """One job's commands as ``APPLY`` arguments: their count, then per command its length and itself."""
+    out: list[Any] = [len(commands)]
+    for args in commands:
+        out.append(len(args))
+        out.extend(args)
+    return out
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
-    def __getattr__(self, name: str) -> Any:
-        def record(*args: Any, **kwargs: Any) -> _RecordingPipeline:
-            self.calls.append((name, args, kwargs))
-            return self
+class _GroupCommit:
+    """Sends the writes of submits that are ready together as one ``APPLY`` call (group commit).
 
-        return record
+    The first submit goes out at once (on the next loop iteration, with any that arrived in the same
+    one); submits that arrive while a call is in flight wait for it and then go out together. Under
+    load one round trip carries many jobs; alone, a job waits for nobody. Each job's writes are
+    applied together; a job whose writes failed gets the error, the others their results.
+    """
 
-    def replay(self, pipe: aioredis.client.Pipeline) -> list[str]:
-        """Queue the recorded commands on an asyncio pipeline; returns their names in order."""
-        for name, args, kwargs in self.calls:
-            getattr(pipe, name)(*args, **kwargs)
-        return [name for name, _, _ in self.calls]
+    def __init__(self, script: Any) -> None:
+        self._script = script
+        self._pending: list[tuple[list[tuple[Any, ...]], asyncio.Future[list[Any]]]] = []
+        self._sender: asyncio.Future[None] | None = None
+
+    async def apply(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._pending.append((commands, future))
+        if self._sender is None or self._sender.done():
+            self._sender = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._send(batch)
+        finally:
+            self._sender = None
+
+    async def _send(self, batch: list[tuple[list[tuple[Any, ...]], asyncio.Future[list[Any]]]]) -> None:
+        flat: list[Any] = []
+        for commands, _ in batch:
+            flat.extend(_flat(commands))
+        try:
+            results = await self._script(args=flat)
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for commands, future in batch:
+            mine = results[start : start + len(commands)]
+            start += len(commands)
+            if future.done():
+                continue
+            error = next((r for r in mine if isinstance(r, Exception)), None)
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(mine)
+
+
+class Submitted(NamedTuple):
+    """A job just accepted: its record, and its place in its model's queue at that moment (0: next)."""
+
+    record: JobRecord
+    position: int | None
 
 
 def rq_queue(connection: redis.Redis, keys: Keys, model: str) -> Queue:
@@ -103,6 +179,8 @@ class JobQueue:
         self._job_timeout = job_timeout
         self._server_version: tuple[int, int, int] | None = None
         self._served_cache: tuple[float, set[str]] | None = None
+        self._commits = _GroupCommit(client.register_script(APPLY))
+        self._depth_seen: dict[str, tuple[float, int]] = {}
 
     async def _queue(self, model: str) -> Queue:
         queue = self._queues.get(model)
@@ -126,10 +204,12 @@ class JobQueue:
         owner: str | None = None,
         request_id: str | None = None,
         timeout: int | None = None,
-    ) -> JobRecord:
-        """Store and enqueue a resolved request atomically; returns the new record.
+    ) -> Submitted:
+        """Store and enqueue a resolved request atomically; returns the new record and its queue position.
 
-        ``inputs`` maps input names (``image``, ``mask``) to the object keys the worker reads.
+        ``inputs`` maps input names (``image``, ``mask``) to the object keys the worker reads. The
+        position comes from RQ's own push (the queue's length then), so a submit never scans the
+        queue (``LPOS`` is O(queue depth) for a job at the tail).
         """
         assert request.model is not None and request.steps is not None, "submit takes resolved requests"
         job_id = job_id or new_job_id()
@@ -151,7 +231,26 @@ class JobQueue:
         timeout = timeout or self._job_timeout
         fields["timeout"] = str(timeout)
         queue = await self._queue(request.model)
-        recorder = _RecordingPipeline()
+        # A sync pipeline that is never executed collects the commands: redis-py's own methods build
+        # their arguments, and RQ, handed the pipeline inside an open MULTI, adds its enqueue writes
+        # (last: a job whose own writes fail is never queued). They go to Redis in one APPLY call,
+        # shared with the submits that are ready at the same time.
+        batch = self._rq_connection.pipeline(transaction=True)
+        batch.multi()
+        job_key, events_key = self.keys.job(job_id), self.keys.events(job_id)
+        batch.hset(job_key, mapping=cast("dict[Any, Any]", fields))
+        batch.expire(job_key, self._job_ttl)
+        batch.xadd(
+            events_key,
+            {"event": EventName.QUEUED.value, "data": encode_data({"status": "queued"})},
+            maxlen=STREAM_MAXLEN,
+            approximate=True,
+        )
+        batch.expire(events_key, self._job_ttl)
+        batch.sadd(self.keys.active(owner or ANONYMOUS), job_id)
+        index = self.keys.jobs_index(owner or ANONYMOUS)
+        batch.zadd(index, {job_id: now})
+        batch.zremrangebyscore(index, "-inf", now - self._job_ttl)  # records older than this have expired
         queue.enqueue_call(
             RUN_JOB,
             args=[job_id],
@@ -160,26 +259,16 @@ class JobQueue:
             result_ttl=RQ_RESULT_TTL,
             failure_ttl=self._job_ttl,
             description=f"{request.task} {request.model} {job_id}",
-            pipeline=recorder,  # type: ignore[arg-type]
+            pipeline=batch,
         )
-        job_key, events_key = self.keys.job(job_id), self.keys.events(job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(job_key, mapping=cast("dict[Any, Any]", fields))
-            pipe.expire(job_key, self._job_ttl)
-            pipe.xadd(
-                events_key,
-                {"event": EventName.QUEUED.value, "data": encode_data({"status": "queued"})},
-                maxlen=STREAM_MAXLEN,
-                approximate=True,
-            )
-            pipe.expire(events_key, self._job_ttl)
-            pipe.sadd(self.keys.active(owner or ANONYMOUS), job_id)
-            index = self.keys.jobs_index(owner or ANONYMOUS)
-            pipe.zadd(index, {job_id: now})
-            pipe.zremrangebyscore(index, "-inf", now - self._job_ttl)  # records older than this have expired
-            recorder.replay(pipe)
-            await pipe.execute()
-        return JobRecord.from_hash(fields)
+        commands = [args for args, _ in batch.command_stack]
+        results = await self._commits.apply(commands)
+        position = None
+        for args, result in zip(commands, results, strict=True):
+            if args[0] == "RPUSH" and args[1] == queue.key:  # RQ appended to the tail: the new length says where
+                position = int(result) - 1
+                self._depth_seen[request.model] = (time.monotonic(), int(result))
+        return Submitted(JobRecord.from_hash(fields), position)
 
     async def get(self, job_id: str, owner: str | None = None) -> JobRecord:
         """The record of a job; NotFound when there is none, or when it is another caller's."""
@@ -238,6 +327,28 @@ class JobQueue:
         if gone:
             await self.redis.srem(key, *gone)
         return len(members) - len(gone)
+
+    async def active_at_cap(self, owner: str, cap: int) -> bool:
+        """Whether a caller has ``cap`` jobs or more that have not ended.
+
+        Jobs leave the active set when they end, so its size is enough to accept (one ``SCARD``);
+        only a set at the cap is swept of entries whose record expired before refusing.
+        """
+        if await self.redis.scard(self.keys.active(owner)) < cap:
+            return False
+        return await self.active_jobs(owner) >= cap
+
+    async def queue_full(self, model: str, limit: int) -> bool:
+        """Whether a model's queue holds ``limit`` jobs or more.
+
+        Under load the length this gateway saw at its last submit (RQ's push returns it) is a few
+        milliseconds old and answers without a Redis call; Redis is asked when that length is over a
+        second old, or says full (so a refusal is always checked against the queue itself).
+        """
+        seen = self._depth_seen.get(model)
+        if seen is not None and time.monotonic() - seen[0] < 1.0 and seen[1] < limit:
+            return False
+        return await self.queue_depth(model) >= limit
 
     async def queue_depth(self, model: str) -> int:
         """Jobs waiting in a model's queue."""

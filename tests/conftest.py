@@ -177,6 +177,8 @@ def run_burst(settings: Settings, connection: redis.Redis, pipelines: Any, name:
         device=pipelines.device,
         name=name or f"test-worker-{uuid.uuid4().hex[:6]}",
     )
+    for model in settings.worker_models:  # loaded before it takes jobs, as `sdserve worker` does
+        pipelines.load(model)
     jobs.install(runtime)
     try:
         worker = make_worker(settings, connection, runtime)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response, status
 
 from app.auth import admit
-from app.deps import BaseUrlDep, OwnerDep, RequestIdDep, StateDep
+from app.deps import CallerDep
 from app.errors import problem_responses
 from app.state import GatewayState
 from app.submit import create_job
@@ -93,8 +93,9 @@ async def accept(
 ) -> Job:
     """Create (or, for a known Idempotency-Key, find) the job, wait if asked, and shape the answer."""
     await admit(request, response, body.model or state.registry.default_model)
+    position: int | None = None  # known without a Redis call for a job this request created
     if idempotency_key is None:
-        record = await create_job(body, state=state, owner=owner, request_id=request_id)
+        record, position = await create_job(body, state=state, owner=owner, request_id=request_id)
     else:
         digest = body_hash(body.task, body.model_dump(mode="json"))
         existing = await state.idempotency.claim(owner, idempotency_key, digest)
@@ -103,7 +104,7 @@ async def accept(
             response.headers["Idempotent-Replayed"] = "true"
         else:
             try:
-                record = await create_job(body, state=state, owner=owner, request_id=request_id)
+                record, position = await create_job(body, state=state, owner=owner, request_id=request_id)
             except BaseException:
                 await state.idempotency.release(owner, idempotency_key)
                 raise
@@ -114,10 +115,12 @@ async def accept(
         response.headers["Preference-Applied"] = f"wait={seconds}"
         if seconds > 0 and not record.status.is_terminal:
             record = await _wait_until_done(state, record, owner, seconds)
+            position = None  # it has moved up, or left the queue, while we waited
     if record.status.is_terminal:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"{base_url}/v1/jobs/{record.id}"
-    position = await state.queue.position(record)
+    if position is None:
+        position = await state.queue.position(record)
     return job_view(
         record, position=position, store=state.store, base_url=base_url, url_ttl=state.settings.url_ttl_seconds
     )
@@ -136,16 +139,13 @@ async def create_txt2img(
     body: Txt2ImgRequest,
     request: Request,
     response: Response,
-    state: StateDep,
-    base_url: BaseUrlDep,
-    request_id: RequestIdDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Job:
     return await accept(
-        request, body, response, state, base_url=base_url, request_id=request_id, owner=owner,
-        idempotency_key=idempotency_key, prefer=prefer,
+        request, body, response, caller.state, base_url=caller.base_url, request_id=caller.request_id,
+        owner=caller.owner, idempotency_key=idempotency_key, prefer=prefer,
     )  # fmt: skip
 
 
@@ -163,16 +163,13 @@ async def create_img2img(
     body: Img2ImgRequest,
     request: Request,
     response: Response,
-    state: StateDep,
-    base_url: BaseUrlDep,
-    request_id: RequestIdDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Job:
     return await accept(
-        request, body, response, state, base_url=base_url, request_id=request_id, owner=owner,
-        idempotency_key=idempotency_key, prefer=prefer,
+        request, body, response, caller.state, base_url=caller.base_url, request_id=caller.request_id,
+        owner=caller.owner, idempotency_key=idempotency_key, prefer=prefer,
     )  # fmt: skip
 
 
@@ -191,16 +188,13 @@ async def create_inpaint(
     body: InpaintRequest,
     request: Request,
     response: Response,
-    state: StateDep,
-    base_url: BaseUrlDep,
-    request_id: RequestIdDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Job:
     return await accept(
-        request, body, response, state, base_url=base_url, request_id=request_id, owner=owner,
-        idempotency_key=idempotency_key, prefer=prefer,
+        request, body, response, caller.state, base_url=caller.base_url, request_id=caller.request_id,
+        owner=caller.owner, idempotency_key=idempotency_key, prefer=prefer,
     )  # fmt: skip
 
 
@@ -218,14 +212,11 @@ async def create_outpaint(
     body: OutpaintRequest,
     request: Request,
     response: Response,
-    state: StateDep,
-    base_url: BaseUrlDep,
-    request_id: RequestIdDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Job:
     return await accept(
-        request, body, response, state, base_url=base_url, request_id=request_id, owner=owner,
-        idempotency_key=idempotency_key, prefer=prefer,
+        request, body, response, caller.state, base_url=caller.base_url, request_id=caller.request_id,
+        owner=caller.owner, idempotency_key=idempotency_key, prefer=prefer,
     )  # fmt: skip

@@ -3,7 +3,8 @@
 A live gateway (with the playground router) serves the page; a real worker takes jobs in a background
 thread. Through the page only: submit txt2img and see the image in the gallery with its seed; copy the
 request as curl and replay it; use the result as input, paint a mask and inpaint; cancel a long job.
-The run saves a screenshot to ``docs/images/playground.png``.
+The run saves a screenshot: to ``docs/images/playground.png`` with ``SDSERVE_WRITE_EXAMPLES=1`` (the README
+shows it), else to a temporary folder (a test run does not change the checkout).
 
 Skipped (with the reason) where ``/usr/bin/chromium`` or Playwright is missing. To have them:
 ``apt-get install -y chromium`` and ``pip install playwright`` (Playwright's own browser download is
@@ -13,7 +14,9 @@ not needed: the Debian build is used).
 from __future__ import annotations
 
 import io
+import os
 import shlex
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -292,5 +295,6 @@ def picture(url: str | None) -> Image.Image:
 
 
 def _screenshot_path() -> Path:
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOT
+    path = SCREENSHOT if os.environ.get("SDSERVE_WRITE_EXAMPLES") == "1" else Path(tempfile.mkdtemp()) / SCREENSHOT.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
