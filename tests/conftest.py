@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,31 @@ def run_burst(settings: Settings, connection: redis.Redis, pipelines: Any, name:
         return worker
     finally:
         jobs.install(None)
+
+
+@contextmanager
+def background_worker(settings: Settings, connection: redis.Redis, pipelines: Any) -> Iterator[None]:
+    """A real worker that keeps taking jobs (RQ burst after burst) until the block ends."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                run_burst(settings, connection, pipelines)
+            except BaseException as exc:
+                failures.append(exc)
+                return
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=loop, name="background-worker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(120)
+    assert not failures, failures
 
 
 @pytest.fixture

@@ -17,10 +17,8 @@ import io
 import os
 import shlex
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from PIL import Image
 
 from sdserve.settings import Settings
 from tests.browser.test_playground_route import with_playground
-from tests.conftest import LiveServer, run_burst
+from tests.conftest import LiveServer, background_worker
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "playground.png"
@@ -50,31 +48,6 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing (pip install playwright)")
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def background_worker(settings: Settings, connection: redis.Redis, pipelines: Any) -> Iterator[None]:
-    """A real worker that keeps taking jobs (RQ burst after burst) until the block ends."""
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                run_burst(settings, connection, pipelines)
-            except BaseException as exc:
-                failures.append(exc)
-                return
-            stop.wait(0.1)
-
-    thread = threading.Thread(target=loop, name="background-worker", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(120)
-    assert not failures, failures
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +19,11 @@ from PIL import Image, ImageDraw
 
 from sdserve.generate import ProgressBar, add_parser, parse_sse, run
 from sdserve.settings import Settings
-from tests.conftest import free_port, run_burst, wait_for
+from tests.conftest import background_worker, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 NAME = re.compile(r"^(?P<job>[0-9a-f-]{36})_(?P<index>\d+)_(?P<seed>\d+)\.png$")
-
-
-@contextmanager
-def background_worker(settings: Settings, connection: redis.Redis, pipelines: Any) -> Iterator[None]:
-    """A real worker that keeps taking jobs (RQ burst after burst) until the block ends."""
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                run_burst(settings, connection, pipelines)
-            except BaseException as exc:
-                failures.append(exc)
-                return
-            stop.wait(0.1)
-
-    thread = threading.Thread(target=loop, name="background-worker", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(120)
-    assert not failures, failures
 
 
 @pytest.fixture
