@@ -256,6 +256,7 @@ class Cluster:
             "SDSERVE_MODELS_CACHE_DIR": str(self.models_cache),
             "SDSERVE_PORT": str(self.port),
             "SDSERVE_UNSERVED_MODELS": "queue",
+            "SDSERVE_DEFAULT_MODEL": "tiny",
             "SDSERVE_LOG_LEVEL": "warning",
             "SDSERVE_MAX_ATTEMPTS": str(self.options.max_attempts),
             "SDSERVE_HEARTBEAT_SECONDS": str(self.options.heartbeat_seconds),

@@ -100,6 +100,7 @@ def main() -> None:
     from worker.builtin import ensure_builtin
 
     body = {
+        "model": "tiny",
         "prompt": "a lighthouse at dusk",
         "width": args.size,
         "height": args.size,

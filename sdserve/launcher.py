@@ -208,7 +208,10 @@ class Launcher:
     def _banner(self) -> None:
         base = f"http://{self._display_host()}:{self.settings.port}"
         data = Path(self.settings.data_dir).resolve()
-        body = '{"prompt": "a lighthouse at dusk", "width": 256, "height": 256, "steps": 12}'
+        # The demo model knows scenes of coloured shapes; any other, ask for anything.
+        demo = self.settings.default_model == "demo"
+        prompt = "a red circle on a blue background" if demo else "a lighthouse at dusk"
+        body = f'{{"prompt": "{prompt}", "width": 256, "height": 256, "steps": 20}}'
         say(
             f"ready.\n\n"
             f"  API        {base}  (OpenAPI docs: {base}/docs)\n"

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     """Where built-in models are generated and cached (default: <data_dir>/models)."""
     registry_file: Path | None = None
     """TOML file listing models (and later LoRAs, embeddings, styles). Without it: the built-in models."""
-    default_model: str = "tiny"
+    default_model: str = "demo"
     """Model used when a request names none."""
 
     unserved_models: Literal["refuse", "queue"] = "refuse"
