@@ -184,15 +184,25 @@ def train_diffusion(
         noise = noise + cfg.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, device=device)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
-        with _autocast(device):
-            context = text_encoder(ids).last_hidden_state
-            pred = unet(noisy, t, context).sample
-        mse = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
-        snr = (a / (1.0 - a)).view(-1)
-        weight = snr.clamp(max=cfg.min_snr_gamma) / snr
-        loss = (weight * mse).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            with _autocast(device):
+                context = text_encoder(ids).last_hidden_state
+                pred = unet(noisy, t, context).sample
+            mse = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+            snr = (a / (1.0 - a)).view(-1)
+            weight = snr.clamp(max=cfg.min_snr_gamma) / snr
+            loss = (weight * mse).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        except torch.OutOfMemoryError:
+            if step > 0 or cfg.batch <= 32:
+                raise
+            opt.zero_grad(set_to_none=True)
+            cfg.batch //= 2  # the first step tells whether the batch fits; halve it until it does
+            log(f"out of memory at the first step; batch now {cfg.batch}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema.update()
@@ -205,6 +215,8 @@ def train_diffusion(
             history.append({"step": start_step + step, "seconds": elapsed, "loss": loss_avg, "mse": mse_avg})
             lr_now = opt.param_groups[0]["lr"]
             log(f"unet step {start_step + step} {elapsed:.0f}s loss {loss_avg:.4f} mse {mse_avg:.4f} lr {lr_now:.2e}")
+            if step == cfg.log_every and device.type == "cuda":
+                log(f"batch {cfg.batch}, peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
             if time.monotonic() - last_save >= checkpoint_seconds:
                 checkpoint(start_step + step, history)
                 last_save = time.monotonic()

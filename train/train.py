@@ -80,6 +80,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="checkpoints, samples and state go here")
     p.add_argument("--work", type=Path, required=True, help="scratch folder")
     p.add_argument("--resume", type=Path, help="folder holding ckpt.tar.part* of an earlier run")
+    p.add_argument(
+        "--init-from", type=Path, help="continue from a shipped fp16 pipeline folder (e.g. worker/assets/demo)"
+    )
+    p.add_argument("--init-step", type=int, default=0, help="UNet steps the --init-from weights already had")
     p.add_argument("--deadline-at", type=float, help="Unix time by which everything must be written")
     p.add_argument("--reserve", type=float, default=35.0, help="seconds kept for the final export")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -118,7 +122,10 @@ class Trainer:
         self.text_encoder: Any = None
         self.unet: Any = None
         self.ema: Ema | None = None
-        if args.resume is not None:
+        if args.init_from is not None:
+            self.resumed = _checkpoint_from_pipeline(args.init_from, args.work / "resume" / "ckpt", args.init_step)
+            _log(f"continuing from the pipeline {args.init_from} (unet step {args.init_step})")
+        elif args.resume is not None:
             self.resumed = ck.read_parts(args.resume, args.work / "resume")
             self.state = ck.read_state(self.resumed)
             _log(f"resuming from {args.resume}: unet step {self.state.get('unet_step', 0)}")
@@ -254,6 +261,18 @@ class Trainer:
         (self.args.out / "state.json").write_text(json.dumps(self.state, indent=1))
         size = sum(p.stat().st_size for p in parts) / 2**20
         _log(f"checkpoint: {len(parts)} parts, {size:.1f} MiB, {time.monotonic() - started:.1f}s")
+
+
+def _checkpoint_from_pipeline(pipeline: Path, folder: Path, step: int) -> Path:
+    """A checkpoint folder whose raw weights are a shipped pipeline's (EMA) text encoder and UNet."""
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(pipeline, folder / "pipeline")
+    (folder / "raw").mkdir(parents=True)
+    shutil.copy(pipeline / "text_encoder" / "model.safetensors", folder / "raw" / "text_encoder.safetensors")
+    shutil.copy(pipeline / "unet" / "diffusion_pytorch_model.safetensors", folder / "raw" / "unet.safetensors")
+    state = {"vae_history": [], "unet_history": [], "runs": [], "unet_step": step, "ema_updates": step}
+    ck.write_state(folder, state)
+    return folder
 
 
 def _recon_grid(vae: Any, images: torch.Tensor, path: Path) -> None:
