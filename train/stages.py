@@ -143,6 +143,35 @@ class Ema:
             torch._foreach_lerp_(list(ema.parameters()), list(src.parameters()), 1.0 - decay)
 
 
+def _diffusion_loss(
+    unet: Any,
+    text_encoder: Any,
+    latents: torch.Tensor,
+    token_ids: torch.Tensor,
+    empty_ids: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    cfg: DiffusionConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's min-SNR-weighted loss and its per-sample plain epsilon MSE."""
+    device = latents.device
+    idx = torch.randint(0, latents.shape[0], (cfg.batch,), device=device)
+    x0 = latents[idx]
+    drop = torch.rand(cfg.batch, device=device) < cfg.cond_drop
+    ids = torch.where(drop[:, None], empty_ids[None, :], token_ids[idx])
+    t = torch.randint(0, alphas_cumprod.shape[0], (cfg.batch,), device=device)
+    noise = torch.randn_like(x0)
+    noise = noise + cfg.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, device=device)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+    with _autocast(device):
+        context = text_encoder(ids).last_hidden_state
+        pred = unet(noisy, t, context).sample
+    mse = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+    snr = (a / (1.0 - a)).view(-1)
+    weight = snr.clamp(max=cfg.min_snr_gamma) / snr
+    return (weight * mse).mean(), mse
+
+
 def train_diffusion(
     unet: Any,
     text_encoder: Any,
@@ -170,28 +199,11 @@ def train_diffusion(
     sums = torch.zeros(2, device=device)
     last_save = time.monotonic()
     step = 0
-    n = latents.shape[0]
     while not budget.done(step):
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg.lr, step, cfg.warmup, budget.progress())
-        idx = torch.randint(0, n, (cfg.batch,), device=device)
-        x0 = latents[idx]
-        ids = token_ids[idx]
-        drop = torch.rand(cfg.batch, device=device) < cfg.cond_drop
-        ids = torch.where(drop[:, None], empty_ids[None, :], ids)
-        t = torch.randint(0, alphas_cumprod.shape[0], (cfg.batch,), device=device)
-        noise = torch.randn_like(x0)
-        noise = noise + cfg.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, device=device)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
         try:
-            with _autocast(device):
-                context = text_encoder(ids).last_hidden_state
-                pred = unet(noisy, t, context).sample
-            mse = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
-            snr = (a / (1.0 - a)).view(-1)
-            weight = snr.clamp(max=cfg.min_snr_gamma) / snr
-            loss = (weight * mse).mean()
+            loss, mse = _diffusion_loss(unet, text_encoder, latents, token_ids, empty_ids, alphas_cumprod, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         except torch.OutOfMemoryError:

@@ -124,6 +124,7 @@ class Trainer:
         self.ema: Ema | None = None
         if args.init_from is not None:
             self.resumed = _checkpoint_from_pipeline(args.init_from, args.work / "resume" / "ckpt", args.init_step)
+            self.state = ck.read_state(self.resumed)
             _log(f"continuing from the pipeline {args.init_from} (unet step {args.init_step})")
         elif args.resume is not None:
             self.resumed = ck.read_parts(args.resume, args.work / "resume")
