@@ -3,9 +3,9 @@
 The prompts are the full captions of the first ten held-out scenes of the evaluation
 (train/evaluate.py: label combinations never seen in training), drawn with the evaluation's seeds
 and read back by exact pixel analysis (train/pixels.py). Chance is 1 in 10 for the background
-colour and about 1 in 9 for the shape's colour; the thresholds are far above chance and leave room
-for numeric differences between machines. Position is not asserted: this first, short training
-round has not learnt it yet (docs/demo-model.md).
+colour, about 1 in 9 for the shape's colour and 1 in 9 for its position (a 3x3 grid); the thresholds
+are far above chance and leave room for numeric differences between machines (the held-out
+evaluation of docs/demo-model.md measures 100 %, 86 % and 91.5 % on 200 such scenes).
 """
 
 from __future__ import annotations
@@ -77,4 +77,10 @@ def test_background_colour_follows_the_prompt(drawn: list[np.ndarray]) -> None:
 def test_shape_colour_follows_the_prompt(drawn: list[np.ndarray]) -> None:
     readings = [read(image).colour for image in drawn]
     expected = [scene.shapes[0].colour for scene in SCENES]
-    assert sum(r == e for r, e in zip(readings, expected, strict=True)) >= 4, (readings, expected)
+    assert sum(r == e for r, e in zip(readings, expected, strict=True)) >= 6, (readings, expected)
+
+
+def test_shape_position_follows_the_prompt(drawn: list[np.ndarray]) -> None:
+    readings = [read(image).position for image in drawn]
+    expected = [scene.shapes[0].position for scene in SCENES]
+    assert sum(r == e for r, e in zip(readings, expected, strict=True)) >= 6, (readings, expected)
