@@ -17,6 +17,8 @@ from PIL import Image, ImageDraw
 
 from sdserve.settings import Settings
 from tests.images import data_uri, encode
+from train.dataset import COLOURS
+from train.pixels import read
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +46,8 @@ def test_worked_examples(client: httpx.Client, run_worker: Any, tmp_path: Path) 
     OUT.mkdir(parents=True, exist_ok=True)
     _, scene = run(client, run_worker, "/v1/txt2img", {"prompt": "a large red circle on a blue background"})
     assert scene.size == (256, 256)
+    drawn = read(np.asarray(scene))
+    assert (drawn.background, drawn.colour) == ("blue", "red"), drawn
     scene.save(OUT / "txt2img.png")
 
     _, varied = run(
@@ -58,12 +62,17 @@ def test_worked_examples(client: httpx.Client, run_worker: Any, tmp_path: Path) 
     mask.save(OUT / "inpaint-mask.png")
     job, painted = run(
         client, run_worker, "/v1/inpaint",
-        {"prompt": "a small yellow star at the top right on a blue background", "image": data_uri(encode(scene)),
-         "mask": data_uri(encode(mask)), "mask_blur": 4, "return_mask": True},
+        {"prompt": "a large yellow star in the center on a blue background", "image": data_uri(encode(scene)),
+         "mask": data_uri(encode(mask)), "mask_blur": 4, "inpaint_area": "masked", "padding": 32,
+         "return_mask": True},
     )  # fmt: skip
     final = np.asarray(Image.open(io.BytesIO(httpx.get(job["mask_url"]).content)))
     keep = final == 0
     assert np.array_equal(np.asarray(painted)[keep], np.asarray(scene)[keep])
+    # A yellow star was drawn inside the masked box: it holds clearly yellow pixels, the scene held none.
+    box = (slice(20, 110), slice(150, 240))
+    assert _share(np.asarray(painted)[box], "yellow") > 0.03
+    assert _share(np.asarray(scene), "yellow") < 0.002
     painted.save(OUT / "inpaint.png")
 
     _, wider = run(
@@ -73,4 +82,16 @@ def test_worked_examples(client: httpx.Client, run_worker: Any, tmp_path: Path) 
     )  # fmt: skip
     assert wider.size == (384, 256)
     assert np.array_equal(np.asarray(wider)[:, 64 + 16 : 64 + 256 - 16], np.asarray(scene)[:, 16:240])
+    # The new margins continue the blue background.
+    for margin in (np.asarray(wider)[:, :64], np.asarray(wider)[:, -64:]):
+        assert _share(margin, "blue") > 0.9
     wider.save(OUT / "outpaint.png")
+
+
+def _share(pixels: np.ndarray, colour: str) -> float:
+    """The fraction of pixels whose nearest named colour is ``colour``."""
+    names = list(COLOURS)
+    palette = np.array([COLOURS[name] for name in names], dtype=np.float32)
+    flat = pixels.reshape(-1, 1, 3).astype(np.float32)
+    nearest = np.linalg.norm(flat - palette[None], axis=-1).argmin(axis=1)
+    return float((nearest == names.index(colour)).mean())
