@@ -144,6 +144,15 @@ BUILTIN_LORAS: dict[str, LoraSpec] = {
             default_scale=1.0,
             description="Demo LoRA for `tiny-sdxl` (random weights, diffusers/PEFT layout).",
         ),
+        LoraSpec(
+            name="demo-detail",
+            file="builtin:demo-detail",
+            family="sd1",
+            base_models=["demo"],
+            default_scale=0.5,
+            description="Demo LoRA for `demo` (random weights, diffusers/PEFT layout): perturbs what demo draws, "
+            "so a LoRA swap on the default model can be tried; it teaches no style.",
+        ),
     )
 }
 

@@ -3,6 +3,7 @@
 * ``tiny-detail``: a LoRA for ``tiny`` in the diffusers/PEFT key layout (UNet and text encoder);
 * ``tiny-kohya``: a LoRA for ``tiny`` in the kohya/A1111 key layout (``lora_unet_…lora_down/up`` + alpha);
 * ``tiny-sdxl-detail``: a LoRA for ``tiny-sdxl`` (UNet and both text encoders);
+* ``demo-detail``: a LoRA for ``demo`` in the diffusers/PEFT layout (so swaps can be tried on the default model);
 * ``tiny-sparkle``: a textual-inversion embedding for ``tiny`` (A1111 ``emb_params`` layout).
 
 Weights are random but scaled so that each adapter visibly changes what the model draws. Files are
@@ -89,6 +90,7 @@ BUILDERS: dict[str, Callable[[Path, Path], None]] = {
     "tiny-detail": lambda md, t: _peft_lora("tiny", 11, md, t),
     "tiny-kohya": lambda md, t: _kohya_lora("tiny", 12, md, t),
     "tiny-sdxl-detail": lambda md, t: _peft_lora("tiny-sdxl", 13, md, t),
+    "demo-detail": lambda md, t: _peft_lora("demo", 15, md, t),
     "tiny-sparkle": lambda md, t: _embedding("tiny", 14, md, t),
 }
 

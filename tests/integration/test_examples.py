@@ -95,3 +95,24 @@ def _share(pixels: np.ndarray, colour: str) -> float:
     flat = pixels.reshape(-1, 1, 3).astype(np.float32)
     nearest = np.linalg.norm(flat - palette[None], axis=-1).argmin(axis=1)
     return float((nearest == names.index(colour)).mean())
+
+
+def test_lora_and_style_on_demo(client: httpx.Client, run_worker: Any) -> None:
+    """The default model takes a LoRA and a style like any SD 1.x model, and the next job is the bare model's."""
+    body = {**COMMON, "prompt": "a red circle on a blue background", "width": 128, "height": 128, "steps": 8}
+    ids = []
+    for extra in ({}, {"loras": [{"name": "demo-detail", "scale": 1.0}]}, {}, {"style": "pixel-art"}):
+        created = client.post("/v1/txt2img", json={**body, **extra})
+        assert created.status_code == 202, created.text
+        ids.append(created.json()["id"])
+    run_worker()
+    jobs = [client.get(f"/v1/jobs/{i}").json() for i in ids]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 4, jobs
+    plain, lora, after, styled = (
+        np.asarray(Image.open(io.BytesIO(httpx.get(job["images"][0]["url"]).content)).convert("RGB")) for job in jobs
+    )
+    assert not np.array_equal(plain, lora)  # the LoRA changes the image
+    assert np.array_equal(plain, after)  # and is gone for the next job
+    assert not np.array_equal(plain, styled)
+    refused = client.post("/v1/txt2img", json={**body, "loras": [{"name": "tiny-detail"}]})
+    assert refused.status_code == 422  # a LoRA made for another model
