@@ -116,6 +116,17 @@ def save_pipeline(pipe: Any, folder: Path) -> None:
         getattr(half, name).to(device="cpu", dtype=torch.float16)
     half.save_pretrained(folder, safe_serialization=True)
     write_vocab_and_merges(folder / "tokenizer")
+    _drop_source_paths(folder)
+
+
+def _drop_source_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` (the scratch folder a module was loaded from) from the saved configs."""
+    import json
+
+    for config in folder.glob("*/config.json"):
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def write_vocab_and_merges(tokenizer_dir: Path) -> None:

@@ -26,6 +26,8 @@ def test_continues_from_the_shipped_pipeline(tmp_path: Path) -> None:
     assert state["runs"][-1]["resumed"] is True and state["runs"][-1]["batch"] == 4
     assert sorted(p.name for p in out.glob("ckpt.tar.part*"))[0] == "ckpt.tar.part00"
     assert (out / "samples.png").stat().st_size > 0
+    configs = list((work / "ckpt" / "pipeline").glob("*/config.json"))
+    assert len(configs) == 3 and not any("_name_or_path" in c.read_text() for c in configs)  # no scratch paths
 
 
 def test_first_step_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
