@@ -1,22 +1,56 @@
-"""Dependency aliases: routes declare what they need with these ``Annotated`` names."""
+"""Dependency aliases: routes declare what they need with these ``Annotated`` names.
+
+Who is calling is resolved once per request into a typed ``Caller`` (``app.access.auth`` stores it on the
+request), never read from string-keyed request state elsewhere.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from app.state import GatewayState
-from sdserve.queue import ANONYMOUS, JobQueue
-from sdserve.registry import Registry
-from sdserve.settings import Settings
-from sdserve.store import ObjectStore
+from sdserve.access.api_keys import ApiKey
+from sdserve.jobs.record import ANONYMOUS
+
+REQUEST_ID = "sdserve.request_id"
+"""The request-scope key of the request's id (set by ``app.middleware.RequestIdMiddleware``)."""
+CALLER = "sdserve.caller"
+"""The request-scope key under which ``app.access.auth`` keeps the request's ``Caller``."""
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who is calling, and what every answer needs to know about the request."""
+
+    owner: str = ANONYMOUS
+    key: ApiKey | None = None
+    request_id: str | None = None
+    base_url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
+
+
+def base_url(request: Request) -> str:
+    """Where clients reach the gateway: the configured public URL, else this request's own base."""
+    public = _state(request).settings.public_url
+    return str(public).rstrip("/") if public else str(request.base_url).rstrip("/")
+
+
+def caller_of(request: Request) -> Caller:
+    """The request's caller (made on first use; ``app.access.auth`` fills in who it is)."""
+    found = request.scope.get(CALLER)
+    if isinstance(found, Caller):
+        return found
+    caller = Caller(request_id=request.scope.get(REQUEST_ID), base_url=base_url(request))
+    request.scope[CALLER] = caller
+    return caller
 
 
 # The dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency in
@@ -25,65 +59,9 @@ async def get_state(request: Request) -> GatewayState:
     return _state(request)
 
 
-async def get_settings(request: Request) -> Settings:
-    return _state(request).settings
-
-
-async def get_queue(request: Request) -> JobQueue:
-    return _state(request).queue
-
-
-async def get_registry(request: Request) -> Registry:
-    return _state(request).registry
-
-
-async def get_store(request: Request) -> ObjectStore:
-    return _state(request).store
-
-
-async def get_base_url(request: Request) -> str:
-    """Where clients reach the gateway: the configured public URL, else this request's own base."""
-    public = _state(request).settings.public_url
-    return str(public).rstrip("/") if public else str(request.base_url).rstrip("/")
-
-
-async def get_owner(request: Request) -> str:
-    """The caller jobs belong to (the API key's name once keys are configured)."""
-    value = request.scope.get("state", {}).get("owner")
-    return str(value) if value else ANONYMOUS
-
-
-async def get_request_id(request: Request) -> str | None:
-    value = request.scope.get("state", {}).get("request_id")
-    return str(value) if value else None
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """What a create endpoint needs about its request, solved as one dependency (each dependency FastAPI
-    solves costs it per request)."""
-
-    state: GatewayState
-    base_url: str
-    request_id: str | None
-    owner: str
-
-
 async def get_caller(request: Request) -> Caller:
-    state = _state(request)
-    public = state.settings.public_url
-    base_url = str(public).rstrip("/") if public else str(request.base_url).rstrip("/")
-    scope_state = request.scope.get("state", {})
-    request_id, owner = scope_state.get("request_id"), scope_state.get("owner")
-    return Caller(state, base_url, str(request_id) if request_id else None, str(owner) if owner else ANONYMOUS)
+    return caller_of(request)
 
 
 StateDep = Annotated[GatewayState, Depends(get_state)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-QueueDep = Annotated[JobQueue, Depends(get_queue)]
-RegistryDep = Annotated[Registry, Depends(get_registry)]
-StoreDep = Annotated[ObjectStore, Depends(get_store)]
-BaseUrlDep = Annotated[str, Depends(get_base_url)]
-RequestIdDep = Annotated[str | None, Depends(get_request_id)]
-OwnerDep = Annotated[str, Depends(get_owner)]
 CallerDep = Annotated[Caller, Depends(get_caller)]

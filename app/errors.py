@@ -1,8 +1,10 @@
-"""The one table from errors to HTTP: status codes and RFC 9457 problem+json bodies.
+"""Errors as HTTP: RFC 9457 problem+json bodies, every status and title taken from the problem catalogue.
 
-Every error response of the gateway is ``application/problem+json`` with a stable ``type`` per kind
-of error, a ``title``, the ``status``, a ``detail``, the ``instance`` (request path), the request id,
-and, for validation errors, the failing fields. Never a traceback.
+Every error response of the gateway is ``application/problem+json`` with a stable ``type`` per kind of
+error, a ``title``, the ``status``, a ``detail``, the ``instance`` (request path), the request id, and, for
+validation errors, the failing fields. Never a traceback. Domain errors carry their problem type
+(``sdserve.contract.problems``); the few the HTTP layer itself raises (an unknown route, a wrong method)
+map through ``HTTP_PROBLEMS``, which is made of the same catalogue.
 """
 
 from __future__ import annotations
@@ -18,15 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from sdserve.errors import (
-    Conflict,
-    InvalidRequest,
-    ModelUnavailable,
-    NotFound,
-    SdserveError,
-    Unavailable,
-    problem_type,
-)
+from app.deps import REQUEST_ID
+from sdserve.contract import problems as p
+from sdserve.contract.problems import ProblemType, SdserveError
 
 log = logging.getLogger(__name__)
 
@@ -76,66 +72,39 @@ class Problem(BaseModel):
     errors: list[FieldProblem] = Field(default_factory=list, description="The failing fields, if any.")
 
 
-# The table: domain error class → HTTP status. Subclasses inherit their base's row.
-STATUS: dict[type[SdserveError], int] = {
-    InvalidRequest: 422,
-    NotFound: 404,
-    Conflict: 409,
-    ModelUnavailable: 503,
-    Unavailable: 503,
-}
-
-# Problems the gateway itself names (not raised as domain errors).
-HTTP_SLUGS: dict[int, tuple[str, str]] = {
-    400: ("bad-request", "Bad request"),
-    401: ("unauthorized", "Authentication required"),
-    403: ("forbidden", "Forbidden"),
-    404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
-    406: ("not-acceptable", "Not acceptable"),
-    409: ("conflict", "Conflict"),
-    413: ("payload-too-large", "Request body too large"),
-    415: ("unsupported-media-type", "Unsupported media type"),
-    422: ("validation-error", "The request is invalid"),
-    429: ("rate-limited", "Too many requests"),
-    500: ("internal", "Internal error"),
-    503: ("unavailable", "Service unavailable"),
-}
-
-
-def status_of(exc: SdserveError) -> int:
-    """The HTTP status of a domain error (first matching row up its class tree)."""
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+# Problems the HTTP layer itself names (not raised as domain errors): an unknown route, a wrong method, ...
+HTTP_PROBLEMS: dict[int, ProblemType] = {
+    t.status: t
+    for t in (
+        p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.METHOD_NOT_ALLOWED, p.NOT_ACCEPTABLE, p.CONFLICT,
+        p.PAYLOAD_TOO_LARGE, p.UNSUPPORTED_MEDIA_TYPE, p.VALIDATION_ERROR, p.RATE_LIMITED, p.INTERNAL, p.UNAVAILABLE,
+        p.STORAGE_FULL,
+    )
+}  # fmt: skip
 
 
 def problem_response(
     request: Request,
-    *,
-    status: int,
-    slug: str,
-    title: str,
+    problem: ProblemType,
     detail: str | None,
+    *,
     errors: list[FieldProblem] | None = None,
     headers: dict[str, str] | None = None,
+    status: int | None = None,
 ) -> JSONResponse:
     """Build a problem+json response."""
+    code = status or problem.status
     body = Problem(
-        type=problem_type(slug),
-        title=title,
-        status=status,
+        type=problem.type,
+        title=problem.title,
+        status=code,
         detail=detail,
         instance=request.url.path,
-        request_id=request.scope.get("state", {}).get("request_id"),
+        request_id=request.scope.get(REQUEST_ID),
         errors=errors or [],
     )
     return JSONResponse(
-        body.model_dump(mode="json", exclude_none=True),
-        status_code=status,
-        media_type=PROBLEM_JSON,
-        headers=headers,
+        body.model_dump(mode="json", exclude_none=True), status_code=code, media_type=PROBLEM_JSON, headers=headers
     )
 
 
@@ -145,18 +114,8 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
 
 async def _on_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SdserveError)
-    status = status_of(exc)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
     errors = [FieldProblem(field=e.field, message=e.message) for e in exc.errors]
-    return problem_response(
-        request,
-        status=status,
-        slug=exc.slug,
-        title=exc.title,
-        detail=exc.detail,
-        errors=errors,
-        headers=headers,
-    )
+    return problem_response(request, exc.problem, exc.detail, errors=errors, headers=exc.headers or None)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -166,31 +125,17 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
         for e in exc.errors()
     ]
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5]) or "invalid request"
-    return problem_response(
-        request,
-        status=422,
-        slug="validation-error",
-        title="The request is invalid",
-        detail=detail,
-        errors=errors,
-    )
+    return problem_response(request, p.VALIDATION_ERROR, detail, errors=errors)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    slug, title = HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
-    detail = exc.detail if isinstance(exc.detail, str) else title
+    problem = HTTP_PROBLEMS.get(exc.status_code, p.BAD_REQUEST if exc.status_code < 500 else p.INTERNAL)
+    detail = exc.detail if isinstance(exc.detail, str) else problem.title
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
-    return problem_response(
-        request,
-        status=exc.status_code,
-        slug=slug,
-        title=title,
-        detail=detail,
-        headers=headers,
-    )
+    return problem_response(request, problem, detail, headers=headers, status=exc.status_code)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -205,25 +150,14 @@ def _allowed_methods(request: Request) -> str:
 
 async def _on_redis_error(request: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable: %s", exc)
-    return problem_response(
-        request,
-        status=503,
-        slug="unavailable",
-        title="Service unavailable",
-        detail="the job store (Redis) is unreachable; retry shortly",
-        headers={"Retry-After": "2"},
-    )
+    detail = "the job store (Redis) is unreachable; retry shortly"
+    return problem_response(request, p.UNAVAILABLE, detail, headers={"Retry-After": "2"})
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(
-        request,
-        status=500,
-        slug="internal",
-        title="Internal error",
-        detail="the gateway failed unexpectedly; the request id identifies it in the logs",
-    )
+    detail = "the gateway failed unexpectedly; the request id identifies it in the logs"
+    return problem_response(request, p.INTERNAL, detail)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -241,10 +175,10 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         entry: dict[str, Any] = {
-            "description": HTTP_SLUGS.get(status, ("", "Error"))[1],
+            "description": HTTP_PROBLEMS[status].title if status in HTTP_PROBLEMS else "Error",
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
-        if status in (429, 503):
+        if status in (429, 503, 507):
             entry["headers"] = {
                 "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
             }

@@ -1,10 +1,10 @@
-"""The gateway application: ``create_app(settings)`` and the `sdserve gateway` entry point."""
+"""The gateway's composition root: ``create_app(settings)`` and the `sdserve gateway` entry point."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import redis
@@ -12,28 +12,40 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.auth import require
+from app.access.auth import require
+from app.access.idempotency import Idempotency
+from app.access.ratelimit import RateLimiter
 from app.errors import install_error_handlers, problem_responses
-from app.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMiddleware
+from app.images.kind import IMAGES
+from app.jobs.kind import GatewayKind
+from app.jobs.queue import JobQueue
+from app.jobs.routes import job_router
+from app.middleware import (
+    AccessLogMiddleware,
+    BodyLimitMiddleware,
+    CallerHeadersMiddleware,
+    JsonBodyMiddleware,
+    RequestIdMiddleware,
+)
 from app.openapi import build as build_openapi
 from app.openapi import document_webhooks
-from app.routes import admin, catalog, files, health, images, jobs, playground, problems, uploads
+from app.routes import admin, catalog, docs, files, health, playground, problems
 from app.state import GatewayState
+from app.uploads import routes as uploads
+from app.uploads.store import Uploads
 from sdserve import __version__
-from sdserve.auth import KeyRing, is_loopback
-from sdserve.deliveries import Deliveries
-from sdserve.idempotency import Idempotency
+from sdserve.access.api_keys import KeyRing, is_loopback
+from sdserve.jobs.kind import Kinds
 from sdserve.keys import Keys
-from sdserve.logs import configure_logging
-from sdserve.queue import JobQueue
-from sdserve.ratelimit import RateLimiter
-from sdserve.redischeck import warn_about_redis
-from sdserve.registry import Registry
-from sdserve.s3store import S3Store, open_store
+from sdserve.observe.logs import configure_logging
+from sdserve.observe.metrics import Metrics
+from sdserve.observe.redischeck import warn_about_redis
+from sdserve.observe.tracing import setup_tracing
+from sdserve.registry import Registry, RegistryHolder
+from sdserve.secrets import url_signing_key
 from sdserve.settings import Settings
-from sdserve.tracing import setup_tracing
-from sdserve.uploads import Uploads
-from sdserve.webhooks import WebhookPolicy
+from sdserve.storage.factory import open_store
+from sdserve.webhooks.guard import WebhookPolicy
 
 log = logging.getLogger("sdserve.gateway")
 
@@ -45,8 +57,11 @@ sdserve turns Stable Diffusion into an HTTP API for programs.
 that reproduces it. Every error is `application/problem+json` (RFC 9457).
 """
 
+BUILTIN_GATEWAY_KINDS: tuple[GatewayKind, ...] = (IMAGES,)
+"""The kinds of work this gateway accepts (``create_app`` takes others: tests add a kind of their own)."""
 
-def build_state(settings: Settings) -> GatewayState:
+
+def build_state(settings: Settings, kinds: Sequence[GatewayKind]) -> GatewayState:
     """Open the gateway's clients (lazily: nothing connects until the first call)."""
     timeout = settings.redis_timeout_seconds
     client = aioredis.Redis.from_url(
@@ -58,38 +73,34 @@ def build_state(settings: Settings) -> GatewayState:
     )
     rq_connection = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     keys = Keys(settings.key_prefix)
-    queue = JobQueue(
-        client,
-        keys,
-        rq_connection=rq_connection,
-        job_ttl=settings.job_ttl_seconds,
-        job_timeout=settings.job_timeout_seconds,
-    )
-    store = open_store(settings, signing_key=settings.signing_key())
+    store = open_store(settings, signing_key=url_signing_key(settings))
     return GatewayState(
         settings=settings,
-        registry=Registry.load(settings.registry_file, settings.default_model),
+        registry_holder=RegistryHolder(lambda: Registry.load(settings.registry_file, settings.default_model)),
         redis=client,
         rq_connection=rq_connection,
-        queue=queue,
+        queue=JobQueue(client, keys, rq_connection=rq_connection, job_ttl=settings.job_ttl_seconds),
         store=store,
         uploads=Uploads(client, keys, store, ttl=settings.upload_ttl_seconds),
-        deliveries=Deliveries(client, keys, settings.job_ttl_seconds),
         idempotency=Idempotency(client, keys, settings.idempotency_ttl_seconds),
         webhook_policy=WebhookPolicy.build(
             settings.webhook_allowed_ports, settings.webhook_allowed_hosts, settings.webhook_allowed_networks
         ),
         keys=KeyRing.load(settings.api_keys_file, settings.api_keys),
         rate_limiter=RateLimiter(client, keys),
+        metrics=Metrics(),
+        kinds=Kinds(kind.kind for kind in kinds),
+        gateway_kinds={kind.kind.name: kind for kind in kinds},
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the gateway for these settings (read from the environment when None)."""
+def create_app(settings: Settings | None = None, kinds: Sequence[GatewayKind] = BUILTIN_GATEWAY_KINDS) -> FastAPI:
+    """Build the gateway for these settings (read from the environment when None) and kinds of work."""
     settings = settings or Settings()
     setup_tracing(settings, "gateway")
-    state = build_state(settings)
-    if not len(state.keys):
+    state = build_state(settings, kinds)
+    open_mode = not len(state.keys)
+    if open_mode:
         if not is_loopback(settings.host):
             raise RuntimeError(
                 f"refusing to start: no API key is configured and the gateway would listen on {settings.host}; "
@@ -102,39 +113,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("gateway starting", extra={"version": __version__, "redis": settings.redis_url})
         await asyncio.to_thread(warn_about_redis, state.rq_connection, "gateway")
-        if isinstance(state.store, S3Store):
-            mode = await asyncio.to_thread(state.store.apply_retention)
+        apply_retention = getattr(state.store, "apply_retention", None)
+        if apply_retention is not None:
+            mode = await asyncio.to_thread(apply_retention)
             log.info("object store %r: retention %s", state.store, mode)
         yield
         await state.close()
 
+    tags = [
+        {"name": "images", "description": "Create image generation jobs."},
+        {"name": "uploads", "description": "Input images and masks, uploaded once, used by id."},
+        *({"name": k.kind.collection, "description": f"Follow {k.kind.noun}s and fetch their results."} for k in kinds),
+        {"name": "files", "description": "Signed downloads of stored results."},
+        {"name": "catalog", "description": "Models, schedulers and styles a job may name."},
+        {"name": "health", "description": "Liveness and readiness probes."},
+        {"name": "problems", "description": "What each problem type means."},
+        {"name": "webhooks", "description": "What a job's webhook URL receives."},
+        {"name": "admin", "description": "Operations (keys with the `admin` scope)."},
+    ]
     app = FastAPI(
-        title="sdserve",
-        version=__version__,
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        openapi_tags=[
-            {"name": "images", "description": "Create generation jobs."},
-            {"name": "uploads", "description": "Input images and masks, uploaded once, used by id."},
-            {"name": "jobs", "description": "Follow jobs and fetch their results."},
-            {"name": "files", "description": "Signed downloads of stored results."},
-            {"name": "catalog", "description": "Models, schedulers and styles a job may name."},
-            {"name": "health", "description": "Liveness and readiness probes."},
-            {"name": "problems", "description": "What each problem type means."},
-            {"name": "webhooks", "description": "What a job's webhook URL receives."},
-            {"name": "admin", "description": "Operations (keys with the `admin` scope)."},
-        ],
-    )
+        title="sdserve", version=__version__, description=DESCRIPTION, lifespan=lifespan, openapi_tags=tags,
+        docs_url=None, redoc_url=None,
+    )  # fmt: skip
     app.state.gateway = state
     install_error_handlers(app)
     jobs_scope = [Depends(require("jobs"))]
-    for module in (images, uploads, jobs, catalog):
-        app.include_router(module.router, dependencies=jobs_scope, responses=problem_responses(401, 403))
-    app.include_router(admin.router, dependencies=[Depends(require("admin"))], responses=problem_responses(401, 403))
-    for module in (files, health, problems, playground):
+    secured = problem_responses(401, 403) if not open_mode else {}
+    routers = [uploads.router, catalog.router]
+    for gateway_kind in kinds:
+        routers += [gateway_kind.router(), job_router(gateway_kind)]
+    for router in routers:
+        app.include_router(router, dependencies=jobs_scope, responses=secured)
+    app.include_router(admin.router, dependencies=[Depends(require("admin"))], responses=secured)
+    for module in (files, health, problems, playground, docs):
         app.include_router(module.router)
-    document_webhooks(app)
-    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
+    document_webhooks(app, [k.kind for k in kinds])
+    app.openapi = lambda: build_openapi(app, secured=not open_mode)  # type: ignore[method-assign]
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, limits={"/v1/uploads": uploads.UPLOAD_BODY_LIMIT}
@@ -152,6 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "RateLimit-Reset", "Idempotent-Replayed", "Preference-Applied",
             ],
         )  # fmt: skip
+    app.add_middleware(CallerHeadersMiddleware)
+    app.add_middleware(AccessLogMiddleware, metrics=state.metrics)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, and JSON bodies sent with a form content type.
+"""Pure ASGI middleware: request ids, the access log and HTTP metrics, headers every answer carries, JSON
+bodies sent with a form content type, and the body limit.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streaming responses and the event loop stay cheap.
 """
@@ -14,13 +15,13 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sdserve.errors import problem_type
-from sdserve.logs import bind
-from sdserve.metrics import HTTP_DURATION, HTTP_REQUESTS
+from app.deps import CALLER, REQUEST_ID, Caller
+from sdserve.contract.problems import PAYLOAD_TOO_LARGE
+from sdserve.observe.logs import bind
+from sdserve.observe.metrics import Metrics
 
 log = logging.getLogger("sdserve.http")
 
-REQUEST_ID_HEADER = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -36,40 +37,74 @@ class RequestIdMiddleware:
             return
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         request_id = incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        started = time.perf_counter()
-        status = 500
+        scope[REQUEST_ID] = request_id
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        with bind(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
+class CallerHeadersMiddleware:
+    """Add the headers a request's caller collected (``RateLimit-*``) to whatever answers it, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            caller = scope.get(CALLER)
+            if message["type"] == "http.response.start" and isinstance(caller, Caller) and caller.headers:
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
                 present = {k.lower() for k, _ in headers}
-                for name, value in scope["state"].get("extra_headers", {}).items():
+                for name, value in caller.headers.items():
                     if name.lower().encode() not in present:
                         headers.append((name.lower().encode(), value.encode()))
                 message["headers"] = headers
             await send(message)
 
-        with bind(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                elapsed = time.perf_counter() - started
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
-                method = scope["method"]
-                HTTP_REQUESTS.labels(route, method, str(status)).inc()
-                HTTP_DURATION.labels(route, method).observe(elapsed)
-                log.info(
-                    "%s %s %d",
-                    method,
-                    scope["path"],
-                    status,
-                    extra={"route": route, "status": status, "duration_ms": round(elapsed * 1000, 2)},
-                )
+        await self.app(scope, receive, send_with_headers)
+
+
+class AccessLogMiddleware:
+    """One JSON log line and the HTTP metrics per request (by route template, method and status)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.http_requests.labels(route, method, str(status)).inc()
+            self.metrics.http_duration.labels(route, method).observe(elapsed)
+            log.info(
+                "%s %s %d", method, scope["path"], status,
+                extra={"route": route, "status": status, "duration_ms": round(elapsed * 1000, 2)},
+            )  # fmt: skip
 
 
 class JsonBodyMiddleware:
@@ -77,17 +112,19 @@ class JsonBodyMiddleware:
 
     ``curl -d '{...}'`` labels its body ``application/x-www-form-urlencoded``; the create endpoints
     only take JSON, so such a body is parsed as JSON (and refused with a clear 422 if it is not).
-    Multipart uploads are left alone.
+    Multipart endpoints (``multipart``: path prefixes) are left alone.
     """
 
-    def __init__(self, app: ASGIApp, json_prefixes: tuple[str, ...] = ("/v1/",)) -> None:
+    def __init__(self, app: ASGIApp, json_prefixes: tuple[str, ...] = ("/v1/",),
+                 multipart: tuple[str, ...] = ("/v1/uploads",)) -> None:  # fmt: skip
         self.app = app
         self.json_prefixes = json_prefixes
+        self.multipart = multipart
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
             path: str = scope["path"]
-            if path.startswith(self.json_prefixes) and not path.startswith("/v1/uploads"):
+            if path.startswith(self.json_prefixes) and not path.startswith(self.multipart):
                 headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
                 if (
@@ -143,12 +180,12 @@ def _too_large_detail(limit: int) -> str:
 async def _send_too_large(scope: Scope, send: Send, limit: int) -> None:
     body = json.dumps(
         {
-            "type": problem_type("payload-too-large"),
-            "title": "Request body too large",
-            "status": 413,
+            "type": PAYLOAD_TOO_LARGE.type,
+            "title": PAYLOAD_TOO_LARGE.title,
+            "status": PAYLOAD_TOO_LARGE.status,
             "detail": _too_large_detail(limit),
             "instance": scope["path"],
-            "request_id": scope.get("state", {}).get("request_id"),
+            "request_id": scope.get(REQUEST_ID),
             "errors": [],
         }
     ).encode()

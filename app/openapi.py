@@ -3,7 +3,8 @@
 FastAPI generates the operations from the routes; this adds what a generated SDK needs beyond them:
 the ``Problem`` schema every error response refers to (and nothing but ``application/problem+json``
 for errors), the ``500`` every operation can answer, the ``X-Request-ID`` header on every response,
-and the payload a webhook receiver gets, under ``webhooks``.
+the payload a webhook receiver gets, under ``webhooks``, and the security the server is configured with
+(a bearer key, or none at all on a loopback gateway without keys).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.errors import PROBLEM_JSON, FieldProblem, Problem, problem_responses
-from sdserve.jobs import WebhookPayload
+from sdserve.jobs.kind import JobKind
 
 REQUEST_ID_HEADER = {
     "description": "The request's id (the client's own X-Request-ID if it sent a sane one); quote it in reports.",
@@ -23,25 +24,30 @@ REQUEST_ID_HEADER = {
 }
 
 
-def document_webhooks(app: FastAPI) -> None:
-    """Declare the webhook a job's `webhook.url` receives (OpenAPI 3.1 `webhooks`)."""
+def document_webhooks(app: FastAPI, kinds: list[JobKind]) -> None:
+    """Declare the webhook each kind's `webhook.url` receives (OpenAPI 3.1 `webhooks`)."""
+    for kind in kinds:
+        payload = kind.webhook_model
 
-    @app.webhooks.post(
-        "job-event",
-        summary="A job event, delivered to the job's webhook URL",
-        description="POSTed by the webhook dispatcher for each subscribed event (`started`, `progress`, "
-        "`succeeded`, `failed`, `canceled`), signed per Standard Webhooks: headers `webhook-id` (the same on "
-        "every retry of one event), `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256>`). "
-        "Answer 2xx; anything else is retried for terminal events, except 410 Gone, which stops them.",
-        operation_id="jobEventWebhook",
-        tags=["webhooks"],
-    )
-    def job_event(body: WebhookPayload) -> None:
-        """Receive a job event."""
+        def receive(body: payload) -> None:  # type: ignore[valid-type]
+            """Receive an event."""
+
+        app.webhooks.add_api_route(
+            f"{kind.noun}-event",
+            receive,
+            methods=["POST"],
+            summary=f"A {kind.noun} event, delivered to the {kind.noun}'s webhook URL",
+            description="POSTed by the webhook dispatcher for each subscribed event (`started`, `progress`, "
+            "`succeeded`, `failed`, `canceled`), signed per Standard Webhooks: headers `webhook-id` (the same on "
+            "every retry of one event), `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256>`). "
+            "Answer 2xx; anything else is retried for terminal events, except 410 Gone, which stops them.",
+            operation_id=f"{kind.noun}EventWebhook",
+            tags=["webhooks"],
+        )
 
 
-def build(app: FastAPI) -> dict[str, Any]:
-    """The completed document (cached on the app)."""
+def build(app: FastAPI, *, secured: bool) -> dict[str, Any]:
+    """The completed document (cached on the app); ``secured``: the gateway has API keys configured."""
     if app.openapi_schema:
         return app.openapi_schema
     doc = get_openapi(
@@ -58,19 +64,19 @@ def build(app: FastAPI) -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schema.pop("$defs", None)
         schemas.setdefault(model.__name__, schema)
-    doc["components"]["securitySchemes"] = {
-        "apiKey": {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "An API key (`sk_…`) as `Authorization: Bearer <key>`. Deployments without keys "
-            "(loopback only) accept requests without one.",
+    if secured:
+        doc["components"]["securitySchemes"] = {
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key (`sk_…`) as `Authorization: Bearer <key>`.",
+            }
         }
-    }
     internal = problem_responses(500)[500]
     bad_request = problem_responses(400)[400]
     for path, path_item in doc.get("paths", {}).items():
         for operation in path_item.values():
-            if path.startswith("/v1/") and not path.startswith("/v1/files/"):
+            if secured and path.startswith("/v1/") and not path.startswith("/v1/files/"):
                 operation["security"] = [{"apiKey": []}]
             responses = operation.setdefault("responses", {})
             responses.setdefault("500", internal)

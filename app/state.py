@@ -1,22 +1,27 @@
-"""What the gateway holds for its lifetime: built in the lifespan, read through ``app.deps``."""
+"""What the gateway holds for its lifetime: built by ``create_app`` (``app.main``), read through ``app.deps``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 
-from sdserve.auth import KeyRing
-from sdserve.deliveries import Deliveries
-from sdserve.idempotency import Idempotency
-from sdserve.queue import JobQueue
-from sdserve.ratelimit import RateLimiter
-from sdserve.registry import Registry
+from app.access.idempotency import Idempotency
+from app.access.ratelimit import RateLimiter
+from app.jobs.queue import JobQueue
+from app.uploads.store import Uploads
+from sdserve.access.api_keys import KeyRing
+from sdserve.jobs.kind import Kinds
+from sdserve.observe.metrics import Metrics
+from sdserve.registry import Registry, RegistryHolder
 from sdserve.settings import Settings
-from sdserve.store import ObjectStore
-from sdserve.uploads import Uploads
-from sdserve.webhooks import WebhookPolicy
+from sdserve.storage.base import ObjectStore
+from sdserve.webhooks.guard import WebhookPolicy
+
+if TYPE_CHECKING:
+    from app.jobs.kind import GatewayKind
 
 
 @dataclass
@@ -24,17 +29,24 @@ class GatewayState:
     """The gateway's long-lived services."""
 
     settings: Settings
-    registry: Registry
+    registry_holder: RegistryHolder
     redis: aioredis.Redis
     rq_connection: SyncRedis
     queue: JobQueue
     store: ObjectStore
     uploads: Uploads
-    deliveries: Deliveries
     idempotency: Idempotency
     webhook_policy: WebhookPolicy
     keys: KeyRing
     rate_limiter: RateLimiter
+    metrics: Metrics
+    kinds: Kinds
+    gateway_kinds: dict[str, GatewayKind] = field(default_factory=dict)
+
+    @property
+    def registry(self) -> Registry:
+        """The registry now (a reload swaps it whole)."""
+        return self.registry_holder.current
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -1,18 +1,15 @@
 """The one settings object of every sdserve process.
 
-Read once, in the composition root (`sdserve.cli`, `app.main.create_app`, `worker.main`), from the
-environment (prefix ``SDSERVE_``) and an optional ``.env`` file, then passed down. Nothing else in the
-code base reads the environment. Every field is documented in the README's settings table; keep the
-two in step (a unit test compares them).
+Read once, in the composition root (`sdserve.cli.main`, `app.main.create_app`, `worker.main`,
+`dispatcher.main`), from the environment (prefix ``SDSERVE_``) and an optional ``.env`` file, then passed
+down. Nothing else in the code base reads the environment, and reading settings writes nothing: the secrets
+generated when none is configured are made by ``sdserve.secrets``, called from the composition roots.
+Every field is documented in the README's settings table; keep the two in step (a unit test compares them).
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import os
-import secrets
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -241,43 +238,9 @@ class Settings(BaseSettings):
             ipaddress.ip_network(net, strict=False)
         return value
 
-    def webhook_signing_secret(self) -> str:
-        """The webhook secret: the configured one, or one generated once and kept in data_dir."""
-        if self.webhook_secret is not None:
-            return self.webhook_secret.get_secret_value()
-        return "whsec_" + self._kept_secret(
-            "webhook-secret.key", lambda: base64.b64encode(secrets.token_bytes(24)).decode()
-        )
-
     def public_base_url(self) -> str:
         """Where clients reach the gateway, for processes that have no request to ask (the dispatcher)."""
         if self.public_url is not None:
             return str(self.public_url).rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104 - display only
         return f"http://{host}:{self.port}"
-
-    def signing_key(self) -> bytes:
-        """The HMAC key for local signed URLs: the configured secret, or one kept in data_dir.
-
-        The generated key is written once with mode 0600 so that gateway restarts (and several
-        gateways sharing the data directory) agree on it.
-        """
-        if self.url_signing_secret is not None:
-            return self.url_signing_secret.get_secret_value().encode()
-        return self._kept_secret("url-signing.key", lambda: secrets.token_urlsafe(32)).encode()
-
-    def _kept_secret(self, name: str, make: Callable[[], str]) -> str:
-        """A secret generated once, written with mode 0600 in data_dir, and read from there after."""
-        path = self.data_dir / name
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-            tmp.write_text(make())
-            tmp.chmod(0o600)
-            try:
-                os.link(tmp, path)  # atomic and never overwrites: the first writer wins
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
-        return path.read_text().strip()

@@ -1,4 +1,4 @@
-"""The worker process: warm the models, then take jobs until told to stop.
+"""The worker process's composition root: warm the models, then take jobs until told to stop.
 
 SIGTERM (or Ctrl-C) is a warm shutdown: the running job finishes, nothing new is taken.
 """
@@ -6,33 +6,51 @@ SIGTERM (or Ctrl-C) is a warm shutdown: the running job finishes, nothing new is
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
-import torch
+from rq import Queue
 from rq.serializers import JSONSerializer
 
-from sdserve.janitor import Janitor
+from sdserve.jobs.janitor import Janitor
+from sdserve.jobs.presence import WorkerPresence
+from sdserve.jobs.tracker import JobTracker, retrying
 from sdserve.keys import Keys
-from sdserve.logs import configure_logging
-from sdserve.metrics import serve_metrics
-from sdserve.queue import rq_queue
-from sdserve.redischeck import warn_about_redis
-from sdserve.registry import Registry
-from sdserve.s3store import open_store
+from sdserve.observe.logs import configure_logging
+from sdserve.observe.metrics import Metrics, serve_metrics
+from sdserve.observe.redischeck import warn_about_redis
+from sdserve.observe.tracing import setup_tracing
+from sdserve.registry import Registry, RegistryHolder
 from sdserve.settings import Settings
-from sdserve.tracing import setup_tracing
-from sdserve.tracker import JobTracker, retrying
-from worker import jobs
-from worker.batching import Batcher
-from worker.device import DeviceConfig
-from worker.pipelines import PipelineCache
-from worker.rqworker import SdWorker
-from worker.runtime import Runtime, worker_name
-from worker.speed import SpeedOptions, use_compile_cache
+from sdserve.storage.factory import open_store
+from worker.engine import slot
+from worker.engine.kind import Runner
+from worker.engine.rqworker import SdWorker
+from worker.engine.runner import Engine
+from worker.images.batching import Batcher
+from worker.images.runner import ImageRunner
+from worker.models.device import DeviceConfig
+from worker.models.pipelines import PipelineCache
+from worker.models.schedulers import check_names
+from worker.models.speed import SpeedOptions, use_compile_cache
 
 log = logging.getLogger("sdserve.worker")
+
+
+def worker_name(configured: str | None = None) -> str:
+    """``<configured name or host>.<pid>.<random>``: unique per process *incarnation*, readable in logs.
+
+    Liveness is keyed by name (the presence the janitor checks, RQ's worker hash). A container restarted in
+    its pod keeps the pod name (SDSERVE_WORKER_NAME) and often pid 1: it must not pass for the worker that
+    died, or the job that worker was running is never requeued, and RQ refuses to start it for minutes.
+    """
+    return f"{configured or socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
 def quiet_libraries() -> None:
@@ -48,82 +66,121 @@ def quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
 
 
-def build_runtime(settings: Settings, connection: redis.Redis, name: str) -> Runtime:
-    """Load and warm every model this worker serves; the runtime is ready when this returns."""
+@dataclass
+class WorkerParts:
+    """A warm worker's parts: what ``make_worker`` assembles into an RQ worker."""
+
+    settings: Settings
+    holder: RegistryHolder
+    pipelines: PipelineCache
+    device: DeviceConfig
+    metrics: Metrics
+    name: str
+
+
+def warm_up(settings: Settings, name: str, metrics: Metrics | None = None) -> WorkerParts:
+    """Load (and warm) every model this worker serves; the parts are ready when this returns."""
+    check_names()
     if settings.torch_threads:
+        import torch
+
         torch.set_num_threads(settings.torch_threads)
-    registry = Registry.load(settings.registry_file, settings.default_model)
+    holder = RegistryHolder(lambda: Registry.load(settings.registry_file, settings.default_model))
     device = DeviceConfig.from_settings(settings)
     budget = settings.model_memory_budget_mb * 1024 * 1024 if settings.model_memory_budget_mb else None
     speed = SpeedOptions.from_settings(settings)
     if speed.compile_mode != "off":
         use_compile_cache(settings.compile_cache_dir or settings.data_dir / "compile-cache")
+    metrics = metrics or Metrics()
     pipelines = PipelineCache(
-        registry, device, settings.models_dir, memory_budget=budget, max_loras=settings.max_loras, speed=speed
-    )
+        holder, device, settings.models_dir, memory_budget=budget, max_loras=settings.max_loras, speed=speed,
+        metrics=metrics,
+    )  # fmt: skip
     for model in settings.worker_models:
-        registry.model(model)  # fail fast on a name the registry lacks
+        holder.current.model(model)  # fail fast on a name the registry lacks
         started = time.perf_counter()
         if settings.warmup:
             pipelines.warm(model)
         else:
             pipelines.load(model)
         log.info("model %s ready in %.2fs on %s", model, time.perf_counter() - started, device.describe())
-    return Runtime(
-        settings=settings,
-        registry=registry,
-        pipelines=pipelines,
-        store=open_store(settings, signing_key=None),
-        tracker=JobTracker(connection, Keys(settings.key_prefix)),
-        device=device,
-        name=name,
-    )
+    return WorkerParts(settings, holder, pipelines, device, metrics, name)
 
 
-def make_worker(settings: Settings, connection: redis.Redis, runtime: Runtime) -> SdWorker:
-    """The RQ worker listening on the queues of the runtime's models."""
+def runners(parts: WorkerParts, connection: redis.Redis, tracker: JobTracker) -> list[Runner]:
+    """The kinds of work this worker runs."""
+    settings = parts.settings
     keys = Keys(settings.key_prefix)
-    queues = [rq_queue(connection, keys, model) for model in settings.worker_models]
+    batcher = None
+    if settings.max_batch_images > 1:
+        batcher = Batcher(
+            connection, keys, parts.holder, max_images=settings.max_batch_images, linger_ms=settings.batch_linger_ms
+        )
+    return [
+        ImageRunner(
+            settings, parts.holder, parts.pipelines, tracker, parts.metrics,
+            worker_name=parts.name, device=parts.device.describe(), batcher=batcher,
+        )
+    ]  # fmt: skip
+
+
+def make_worker(parts: WorkerParts, connection: redis.Redis, extra_runners: Sequence[Runner] = ()) -> SdWorker:
+    """The RQ worker taking the jobs of every runner's queues, with its janitor and registry watch."""
+    settings = parts.settings
+    keys = Keys(settings.key_prefix)
+    tracker = JobTracker(connection, keys, job_ttl=settings.job_ttl_seconds)
+    all_runners = [*runners(parts, connection, tracker), *extra_runners]
+    engine = Engine(
+        name=parts.name, tracker=tracker, store=open_store(settings, signing_key=None), runners=all_runners,
+        metrics=parts.metrics, device=parts.device.describe(),
+    )  # fmt: skip
+    refs = [queue for runner in all_runners for queue in runner.queues()]
+    rq_queues = [Queue(keys.queue_name(q.name), connection=connection, serializer=JSONSerializer) for q in refs]
+    worker: SdWorker
+
+    def presence() -> WorkerPresence:
+        described = [runner.describe() for runner in all_runners]
+        return WorkerPresence(
+            name=parts.name,
+            queues=[q.name for q in refs],
+            models=sorted({m for d in described for m in d.get("models", [])}),
+            resident=sorted({m for d in described for m in d.get("resident", [])}),
+            kinds=[runner.kind for runner in all_runners],
+            device=parts.device.describe(),
+            ready=True,
+            busy=worker.busy,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            metrics_port=settings.worker_metrics_port or None,
+        )
+
     worker = SdWorker(
-        queues,
+        rq_queues,
         connection=connection,
-        name=runtime.name,
+        name=parts.name,
         serializer=JSONSerializer,
         keys=keys,
+        engine=engine,
+        priorities={q.name: q.priority for q in refs},
         heartbeat_seconds=settings.heartbeat_seconds,
-        presence=lambda: SdWorker.presence_fields(
-            settings.worker_models, runtime.pipelines.loaded(), runtime.device.describe(), ready=True
-        ),
-        served=list(settings.worker_models),
+        presence=presence,
         ready_file=settings.ready_file,
     )
     janitor = Janitor(
-        connection,
-        keys,
-        max_attempts=settings.max_attempts,
-        queue_key=lambda model: rq_queue(connection, keys, model).key,
+        connection, keys, max_attempts=settings.max_attempts, job_ttl=settings.job_ttl_seconds, metrics=parts.metrics
     )
     worker.ticks.append((10.0, janitor.sweep))
-    worker.ticks.append((5.0, RegistryWatch(settings, connection, keys, runtime).check))
-    if settings.max_batch_images > 1:
-        worker.batcher = Batcher(
-            connection,
-            keys,
-            runtime.registry,
-            max_images=settings.max_batch_images,
-            linger_ms=settings.batch_linger_ms,
-        )
+    worker.ticks.append((5.0, RegistryWatch(connection, keys, parts.holder).check))
+    slot.install(engine)
     return worker
 
 
 class RegistryWatch:
     """Reload the registry when an admin reloaded it (the gateway bumps a version counter in Redis)."""
 
-    def __init__(self, settings: Settings, connection: redis.Redis, keys: Keys, runtime: Runtime) -> None:
-        self.settings = settings
+    def __init__(self, connection: redis.Redis, keys: Keys, holder: RegistryHolder) -> None:
         self.connection = connection
         self.keys = keys
-        self.runtime = runtime
+        self.holder = holder
         self.version = self._current()
 
     def _current(self) -> bytes | None:
@@ -134,10 +191,8 @@ class RegistryWatch:
         version = self._current()
         if version == self.version:
             return
+        self.holder.reload()  # the runtime, the pipelines and the batcher all read the holder
         self.version = version
-        registry = Registry.load(self.settings.registry_file, self.settings.default_model)
-        self.runtime.registry = registry
-        self.runtime.pipelines.registry = registry
         log.info("registry reloaded (version %s)", version.decode() if version else "0")
 
 
@@ -146,12 +201,12 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, process="worker")
     quiet_libraries()
     name = worker_name(settings.worker_name)
+    metrics = Metrics()
+    serve_metrics(metrics, settings.host, settings.worker_metrics_port, "worker")  # a taken port stops us here
     connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     warn_about_redis(connection, "worker")
-    runtime = build_runtime(settings, connection, name)
-    jobs.install(runtime)
-    serve_metrics(settings.worker_metrics_port, "worker")
+    parts = warm_up(settings, name, metrics)
     setup_tracing(settings, "worker")
-    worker = retrying(lambda: make_worker(settings, connection, runtime), seconds=300)  # Redis may be restarting
+    worker = retrying(lambda: make_worker(parts, connection))  # Redis may be restarting
     log.info("worker %s ready: models %s", name, ", ".join(settings.worker_models))
     worker.work(logging_level=settings.log_level.upper(), with_scheduler=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,7 +10,7 @@ from rq.command import send_shutdown_command
 
 from app.deps import StateDep
 from app.errors import problem_responses
-from sdserve.registry import Registry
+from app.state import GatewayState
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -32,6 +31,7 @@ class RegistryInfo(BaseModel):
 
 class QueueInfo(BaseModel):
     model: str
+    queue: str = Field(description="The queue's name (image jobs wait in their model's queue).")
     waiting: int
     paused: bool
     workers: list[str]
@@ -40,7 +40,9 @@ class QueueInfo(BaseModel):
 class QueueList(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"data": [{"model": "tiny", "waiting": 0, "paused": False, "workers": ["gpu-1.77"]}]}]
+            "examples": [
+                {"data": [{"model": "tiny", "queue": "tiny", "waiting": 0, "paused": False, "workers": ["gpu-1.77"]}]}
+            ]
         }
     )
 
@@ -61,17 +63,27 @@ class Drained(BaseModel):
     workers: list[str] = Field(description="Workers told to finish their current job and stop.")
 
 
-async def _queues(state: StateDep) -> QueueList:
+def _all_queues(state: GatewayState) -> dict[str, str]:
+    """Every queue of every kind, and the model it serves."""
+    found: dict[str, str] = {}
+    for gateway_kind in state.gateway_kinds.values():
+        found.update(gateway_kind.queues(state))
+    return found
+
+
+def _queues_of(state: GatewayState, model: str) -> list[str]:
+    state.registry.model(model)  # 422 for a name the registry lacks
+    return [queue for queue, of in _all_queues(state).items() if of == model]
+
+
+async def _queues(state: GatewayState) -> QueueList:
     workers = await state.queue.live_workers()
-    paused = {
-        m.decode() if isinstance(m, bytes) else str(m) for m in await state.redis.smembers(state.queue.keys.paused())
-    }
+    paused = await state.queue.paused()
     data = []
-    for name in state.registry.models:
-        serving = sorted(w for w, info in workers.items() if name in json.loads(info.get("models", "[]")))
-        data.append(
-            QueueInfo(model=name, waiting=await state.queue.queue_depth(name), paused=name in paused, workers=serving)
-        )
+    for queue, model in _all_queues(state).items():
+        serving = sorted(name for name, w in workers.items() if queue in w.queues)
+        depth = await state.queue.queue_depth(queue)
+        data.append(QueueInfo(model=model, queue=queue, waiting=depth, paused=queue in paused, workers=serving))
     return QueueList(data=data)
 
 
@@ -84,9 +96,7 @@ async def _queues(state: StateDep) -> QueueList:
     responses=problem_responses(401, 403, 422, 503),
 )
 async def reload_registry(state: StateDep) -> RegistryInfo:
-    settings = state.settings
-    registry = await asyncio.to_thread(Registry.load, settings.registry_file, settings.default_model)
-    state.registry = registry
+    registry = await asyncio.to_thread(state.registry_holder.reload)
     version = await state.redis.incr(state.queue.keys.registry_version())
     return RegistryInfo(
         models=len(registry.models), loras=len(registry.loras), embeddings=len(registry.embeddings),
@@ -110,12 +120,12 @@ async def list_queues(state: StateDep) -> QueueList:
     response_model=QueueList,
     operation_id="pauseQueue",
     summary="Pause a model's queue",
-    description="Workers stop taking this model's jobs (a running one finishes); new jobs still queue.",
+    description="Once this answers, workers start no new job of this model (a running one finishes); new jobs "
+    "still queue.",
     responses=problem_responses(401, 403, 404, 422, 503),
 )
 async def pause_queue(model: str, state: StateDep) -> QueueList:
-    state.registry.model(model)
-    await state.redis.sadd(state.queue.keys.paused(), model)
+    await state.queue.pause(_queues_of(state, model))
     return await _queues(state)
 
 
@@ -127,8 +137,7 @@ async def pause_queue(model: str, state: StateDep) -> QueueList:
     responses=problem_responses(401, 403, 404, 422, 503),
 )
 async def resume_queue(model: str, state: StateDep) -> QueueList:
-    state.registry.model(model)
-    await state.redis.srem(state.queue.keys.paused(), model)
+    await state.queue.resume(_queues_of(state, model))
     return await _queues(state)
 
 
@@ -144,7 +153,7 @@ async def resume_queue(model: str, state: StateDep) -> QueueList:
 async def drain(state: StateDep, body: DrainRequest | None = None) -> Drained:
     workers = await state.queue.live_workers()
     model = body.model if body else None
-    chosen = sorted(w for w, info in workers.items() if model is None or model in json.loads(info.get("models", "[]")))
+    chosen = sorted(name for name, w in workers.items() if model is None or model in w.models)
     for name in chosen:
         await asyncio.to_thread(send_shutdown_command, state.rq_connection, name)
     return Drained(workers=chosen)

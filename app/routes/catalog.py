@@ -1,20 +1,22 @@
-"""What can be asked for: ``GET /v1/models``, ``/v1/schedulers``, ``/v1/styles``."""
+"""What can be asked for: ``GET /v1/models``, ``/v1/schedulers``, ``/v1/styles``, ``/v1/loras``."""
 
 from __future__ import annotations
 
-import json
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import QueueDep, RegistryDep
+from app.deps import StateDep
 from app.errors import problem_responses
+from sdserve.contract.limits import MAX_NAME_CHARS
+from sdserve.contract.problems import FieldError, UnknownName
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
 class LoraInfo(BaseModel):
-    """A LoRA adapter a job may name in `loras`."""
+    """A LoRA a job may name in `loras`."""
 
     name: str
     family: str = Field(description="The model family it fits: `sd1` or `sdxl`.")
@@ -35,7 +37,7 @@ class EmbeddingInfo(BaseModel):
 
 
 class LoraList(BaseModel):
-    """LoRA adapters, and the textual-inversion embeddings usable through their tokens."""
+    """LoRAs, and the textual-inversion embeddings usable through their tokens."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -79,6 +81,7 @@ class ModelInfo(BaseModel):
     default_steps: int
     default_guidance: float
     default_scheduler: str
+    schedulers: list[str] = Field(description="The schedulers offered for it (each draws well at its default steps).")
     default: bool = Field(description="Used when a request names no model.")
     workers: list[str] = Field(description="Live workers serving this model now.")
     warm: bool = Field(description="At least one live worker has it loaded (resident) and is ready.")
@@ -101,6 +104,7 @@ class ModelList(BaseModel):
                             "default_steps": 20,
                             "default_guidance": 7.0,
                             "default_scheduler": "euler",
+                            "schedulers": ["euler", "euler_a", "dpmpp_2m"],
                             "default": True,
                             "workers": ["gpu-node-1.4211"],
                             "warm": True,
@@ -158,16 +162,14 @@ class StyleList(BaseModel):
     summary="List models",
     responses=problem_responses(503),
 )
-async def list_models(registry: RegistryDep, queue: QueueDep) -> ModelList:
+async def list_models(state: StateDep) -> ModelList:
     """Every model in the registry, with the live workers that serve it."""
-    workers = await queue.live_workers()
+    registry = state.registry
+    workers = await state.queue.live_workers()
     data = []
     for spec in registry.models.values():
-        serving = [name for name, info in workers.items() if spec.name in json.loads(info.get("models", "[]"))]
-        warm = any(
-            workers[name].get("ready") == "1" and spec.name in json.loads(workers[name].get("resident", "[]"))
-            for name in serving
-        )
+        serving = [name for name, w in workers.items() if spec.name in w.models]
+        warm = any(workers[name].ready and spec.name in workers[name].resident for name in serving)
         data.append(
             ModelInfo(
                 name=spec.name,
@@ -177,24 +179,45 @@ async def list_models(registry: RegistryDep, queue: QueueDep) -> ModelList:
                 default_steps=spec.default_steps,
                 default_guidance=spec.default_guidance,
                 default_scheduler=spec.default_scheduler,
+                schedulers=registry.schedulers_for(spec),
                 default=spec.name == registry.default_model,
                 workers=sorted(serving),
                 warm=warm,
-                queued=await queue.queue_depth(spec.name),
+                queued=await state.queue.queue_depth(spec.name),
             )
         )
     return ModelList(data=data)
 
 
-@router.get("/schedulers", response_model=SchedulerList, operation_id="listSchedulers", summary="List schedulers")
-async def list_schedulers(registry: RegistryDep) -> SchedulerList:
-    """Scheduler (sampler) names a request may use."""
-    return SchedulerList(data=list(registry.schedulers()))
+@router.get(
+    "/schedulers",
+    response_model=SchedulerList,
+    operation_id="listSchedulers",
+    summary="List schedulers",
+    responses=problem_responses(422),
+)
+async def list_schedulers(
+    state: StateDep,
+    model: Annotated[
+        str | None, Query(max_length=MAX_NAME_CHARS, description="Only the schedulers this model offers.")
+    ] = None,
+) -> SchedulerList:
+    """Scheduler (sampler) names a request may use: with `model`, those that model offers (each draws well at the
+    model's default steps); without, every name any model may offer."""
+    registry = state.registry
+    if model is None:
+        return SchedulerList(data=list(registry.schedulers()))
+    try:
+        spec = registry.model(model)
+    except UnknownName as exc:
+        raise UnknownName(exc.detail, errors=[FieldError("query.model", "unknown model")]) from None
+    return SchedulerList(data=registry.schedulers_for(spec))
 
 
 @router.get("/styles", response_model=StyleList, operation_id="listStyles", summary="List style presets")
-async def list_styles(registry: RegistryDep) -> StyleList:
+async def list_styles(state: StateDep) -> StyleList:
     """Style presets: each wraps the prompt and negative prompt."""
+    registry = state.registry
     return StyleList(
         data=[
             StyleInfo(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt) for s in registry.styles.values()
@@ -202,10 +225,11 @@ async def list_styles(registry: RegistryDep) -> StyleList:
     )
 
 
-@router.get("/loras", response_model=LoraList, operation_id="listLoras", summary="List LoRA adapters and embeddings")
-async def list_loras(registry: RegistryDep) -> LoraList:
-    """LoRA adapters a job may combine (up to 4, each with a scale), and the textual-inversion embeddings
-    whose tokens work in prompts of the models they fit."""
+@router.get("/loras", response_model=LoraList, operation_id="listLoras", summary="List LoRAs and embeddings")
+async def list_loras(state: StateDep) -> LoraList:
+    """LoRAs a job may combine (up to 4, each with a scale), and the textual-inversion embeddings whose tokens
+    work in prompts of the models they fit."""
+    registry = state.registry
     return LoraList(
         data=[
             LoraInfo(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from app.deps import StoreDep
+from app.deps import StateDep
 from app.errors import problem_responses
-from sdserve.errors import InvalidRequest, NotFound
-from sdserve.store import LocalStore
+from sdserve.contract.problems import Forbidden, InvalidRequest, NotFound
+from sdserve.storage.local import LocalStore
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -42,12 +42,13 @@ async def get_file(
         str,
         PathParam(description="Object key.", examples=["outputs/01a2141e-8035-722a-ae56-08d956773a95/0.png"]),
     ],
-    store: StoreDep,
+    state: StateDep,
     expires: Annotated[int, Query(description="Expiry (Unix seconds), from the signed URL.", examples=[1795637473])],
     signature: Annotated[
         str, Query(max_length=128, description="HMAC signature, from the signed URL.", examples=["101b7aa3"])
     ],
 ) -> FileResponse:
+    store = state.store
     if not isinstance(store, LocalStore):  # S3 results come straight from the bucket
         raise NotFound("no such file")
     try:
@@ -56,8 +57,12 @@ async def get_file(
     except InvalidRequest:
         raise NotFound("no such file") from None
     if not valid:
-        raise HTTPException(status_code=403, detail="the signature is invalid or the URL has expired")
+        raise Forbidden("the signature is invalid or the URL has expired")
     if not path.is_file():
         raise NotFound("no such file")
     media_type = _TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600, immutable"})
+
+
+# HEAD answers what GET would (status and headers, no body), as HTTP asks; one documented operation is enough.
+router.add_api_route("/{key:path}", get_file, methods=["HEAD"], include_in_schema=False, response_class=FileResponse)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import time
+import logging
 
 import redis.exceptions
 from fastapi import APIRouter, Response
@@ -17,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.deps import StateDep
 from app.errors import problem_responses
 from app.state import GatewayState
-from sdserve.errors import Unavailable
-from sdserve.metrics import LIVE_WORKERS, QUEUE_DEPTH, QUEUE_OLDEST
+from sdserve.contract.problems import Unavailable
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -67,22 +66,22 @@ async def readyz(state: StateDep) -> Health:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Metrics."}},
 )
 async def metrics(state: StateDep) -> Response:
-    with contextlib.suppress(redis.exceptions.RedisError):  # a scrape must not fail because Redis is down
+    try:
         await refresh_queue_metrics(state)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    except redis.exceptions.RedisError as exc:  # a scrape must not fail because Redis is down; the numbers go stale
+        log.warning("queue metrics not refreshed: redis unavailable (%s)", exc.__class__.__name__)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def refresh_queue_metrics(state: GatewayState) -> None:
-    """Queue depth, the oldest waiting job's age and live workers, per model, read from Redis."""
+    """Depth and the oldest waiting job's age per queue, and live workers per model, read from Redis."""
     workers = await state.queue.live_workers()
-    now = time.time()
-    for name in state.registry.models:
-        queue_key = (await state.queue._queue(name)).key
-        QUEUE_DEPTH.labels(name).set(await state.redis.llen(queue_key))
-        head = await state.redis.lindex(queue_key, 0)
-        head_id = head.decode() if isinstance(head, bytes) else str(head or "")
-        created = await state.redis.hget(state.queue.keys.job(head_id), "created_at") if head_id else None
-        QUEUE_OLDEST.labels(name).set(now - float(created) if created else 0)
-        LIVE_WORKERS.labels(name).set(
-            sum(1 for info in workers.values() if name in json.loads(info.get("models", "[]")))
-        )
+    metrics = state.metrics
+    models: set[str] = set()
+    for gateway_kind in state.gateway_kinds.values():
+        for queue, model in gateway_kind.queues(state).items():
+            models.add(model)
+            metrics.queue_depth.labels(queue, model).set(await state.queue.queue_depth(queue))
+            metrics.queue_oldest.labels(queue, model).set(await state.queue.oldest_age(queue))
+    for model in models:
+        metrics.live_workers.labels(model).set(sum(1 for w in workers.values() if model in w.models))

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse
 
-from sdserve.errors import NotFound
+from sdserve.contract.problems import NotFound
 
 STATIC_DIR = FsPath(__file__).resolve().parent.parent / "static"
 INDEX = "index.html"

@@ -1,0 +1,1 @@
+"""Image generation, the gateway's side: create endpoints, input images, resolving defaults."""

@@ -1,0 +1,1 @@
+"""The contract: the vocabulary every process and every client shares (statuses, problems, limits)."""

@@ -1,0 +1,1 @@
+"""Webhooks: the SSRF guard, signing, one delivery attempt, and the delivery records."""

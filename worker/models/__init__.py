@@ -1,0 +1,1 @@
+"""What every kind of work runs on: warm pipelines within a memory budget, LoRAs, embeddings, schedulers."""

@@ -1,1 +1,0 @@
-"""Task recipes: one module per task, each a short numbered recipe."""
