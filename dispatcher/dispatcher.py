@@ -34,7 +34,7 @@ from sdserve.observe.metrics import Metrics, attempt_label
 from sdserve.replies import text
 from sdserve.settings import Settings
 from sdserve.storage.base import ObjectStore
-from sdserve.webhooks.deliveries import DeliveryAttempt, DeliveryRecord
+from sdserve.webhooks.deliveries import Delivery, DeliveryRecord
 from sdserve.webhooks.delivery import AttemptResult, deliver
 from sdserve.webhooks.guard import WebhookPolicy
 
@@ -143,7 +143,7 @@ class Dispatcher:
                 )
             retryable = event.is_terminal and record.webhook_url is not None and not result.ok and not result.gone
             delay = self.next_delay(attempt, result.retry_after) if retryable else None
-            entry = DeliveryAttempt(
+            entry = Delivery(
                 webhook_id=delivery.webhook_id, event=event.value, attempt=attempt, at=datetime.now(UTC),
                 status_code=result.status_code, error=result.error, duration_ms=round(result.duration_ms, 1),
                 ok=result.ok, next_attempt_in=round(delay, 1) if delay is not None else None,

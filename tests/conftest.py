@@ -1,10 +1,13 @@
-"""Shared fixtures: a real Redis (database 15 by default), real HTTP, the real tiny pipeline.
+"""Shared fixtures: a real Redis, real HTTP, the real tiny pipelines; tiers by folder; parallel with xdist.
 
-* Redis: ``SDSERVE_TEST_REDIS_URL`` or ``redis://127.0.0.1:6379/15``. If nothing answers there and
-  ``redis-server`` is installed, a private one is started for the session. The test database is
-  flushed before and after the session; every test also gets its own key prefix.
+* Tiers: every test carries exactly one tier marker, given by its folder (``TIERS``): ``pytest -m unit`` runs
+  the pure tests (no server, no pipeline) in well under a minute; the others start what they need.
+* Redis: ``SDSERVE_TEST_REDIS_URL`` or ``redis://127.0.0.1:6379/15``. Each xdist worker takes a database of
+  its own, counting down from that one (gw0: 15, gw1: 14, ...), flushed when the worker starts; every test
+  also gets its own key prefix. If nothing answers and ``redis-server`` is installed, a private one is started.
 * The gateway runs under uvicorn on a free loopback port in a background thread (real HTTP).
-* Workers run in the test's own thread in RQ burst mode (``run_worker``), or as subprocesses.
+* Workers run in the test's own thread in RQ burst mode (``run_worker``), in a background thread
+  (``background_worker``), or as subprocesses.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -28,6 +32,50 @@ import redis
 from sdserve.settings import Settings
 
 TEST_REDIS_URL = os.environ.get("SDSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+TIERS = {
+    "unit": "unit",
+    "deploy": "deploy",
+    "integration": "integration",
+    "store": "store",
+    "worker": "integration",
+    "sdk": "sdk",
+    "fuzz": "fuzz",
+    "browser": "browser",
+    "demo": "demo",
+    "e2e": "e2e",
+    "chaos": "chaos",
+    "gpu": "gpu",
+}
+"""Test folder → its tier marker."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's tier (a test outside the tier folders is a mistake)."""
+    root = Path(__file__).parent
+    for item in items:
+        folder = Path(str(item.fspath)).relative_to(root).parts[0]
+        if folder not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in a tier folder ({', '.join(TIERS)})")
+        item.add_marker(getattr(pytest.mark, TIERS[folder]))
+
+
+def xdist_worker_index() -> int:
+    """0 outside xdist; n for worker ``gw<n>``."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name.removeprefix("gw") or 0)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Parallel workers share the cores: one torch thread each, or they only fight over the CPU.
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if count > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        try:
+            import torch
+        except ImportError:  # the gateway-only installs
+            return
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
 
 
 def free_port() -> int:
@@ -43,27 +91,34 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = TEST_REDIS_URL
+    base = TEST_REDIS_URL
     proc = None
-    if not _answers(url):
+    if not _answers(base):
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.exit(f"no Redis at {url} and no redis-server to start: the integration tests need one", 2)
+            pytest.exit(f"no Redis at {base} and no redis-server to start: the integration tests need one", 2)
         port = free_port()
         folder = tmp_path_factory.mktemp("redis")
         proc = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""],
             stdout=subprocess.DEVNULL,
         )
-        url = f"redis://127.0.0.1:{port}/15"
+        base = f"redis://127.0.0.1:{port}/15"
         for _ in range(100):
-            if _answers(url):
+            if _answers(base):
                 break
             time.sleep(0.05)
+    db = int(urlsplit(base).path.strip("/") or 15) - xdist_worker_index()
+    url = _with_db(base, db)
     client = redis.Redis.from_url(url)
-    client.flushdb()
+    client.flushdb()  # this worker's own database
     yield url
     client.flushdb()
     client.close()
@@ -74,8 +129,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def models_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder of generated built-in models for the whole session."""
-    return tmp_path_factory.mktemp("models")
+    """One folder of generated built-in models for the whole session (shared by the xdist workers)."""
+    shared = os.environ.get("SDSERVE_TEST_MODELS_DIR")
+    if shared:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        return Path(shared)
+    return tmp_path_factory.getbasetemp().parent / "models"
 
 
 @pytest.fixture
@@ -91,6 +150,8 @@ def settings(redis_url: str, tmp_path: Path, models_cache: Path) -> Settings:
         worker_models=["tiny", "tiny-sdxl"],
         default_model="tiny",
         unserved_models="queue",
+        worker_metrics_port=0,
+        dispatcher_metrics_port=0,
         _env_file=None,  # type: ignore[call-arg]
     )
 
@@ -151,46 +212,51 @@ def client(gateway: str) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def pipelines(models_cache: Path) -> Any:
     """The tiny pipelines, loaded once per session (as a worker keeps them warm)."""
-    from sdserve.registry import Registry
-    from worker.device import DeviceConfig
-    from worker.pipelines import PipelineCache
+    from sdserve.registry import Registry, RegistryHolder
+    from worker.models.device import DeviceConfig
+    from worker.models.pipelines import PipelineCache
 
-    registry = Registry.load(None)
+    holder = RegistryHolder(lambda: Registry.load(None, "tiny"))
     device = DeviceConfig.from_settings(Settings(device="cpu", _env_file=None))  # type: ignore[call-arg]
-    return PipelineCache(registry, device, models_cache)
+    return PipelineCache(holder, device, models_cache)
 
 
-def run_burst(settings: Settings, connection: redis.Redis, pipelines: Any, name: str | None = None) -> Any:
-    """Run a real worker (on the given warm pipelines) in this thread until its queues are empty."""
-    from sdserve.keys import Keys
-    from sdserve.s3store import open_store
-    from sdserve.tracker import JobTracker
-    from worker import jobs
-    from worker.main import make_worker
-    from worker.runtime import Runtime
+def worker_parts(settings: Settings, pipelines: Any, name: str | None = None) -> Any:
+    """A warm worker's parts on the session's pipelines (what `sdserve worker` builds at start)."""
+    from sdserve.observe.metrics import Metrics
+    from worker.main import WorkerParts
 
-    runtime = Runtime(
-        settings=settings,
-        registry=pipelines.registry,
-        pipelines=pipelines,
-        store=open_store(settings, signing_key=None),
-        tracker=JobTracker(connection, Keys(settings.key_prefix)),
-        device=pipelines.device,
-        name=name or f"test-worker-{uuid.uuid4().hex[:6]}",
-    )
     for model in settings.worker_models:  # loaded before it takes jobs, as `sdserve worker` does
         pipelines.load(model)
-    jobs.install(runtime)
+    return WorkerParts(
+        settings=settings,
+        holder=pipelines.holder,
+        pipelines=pipelines,
+        device=pipelines.device,
+        metrics=Metrics(),
+        name=name or f"test-worker-{uuid.uuid4().hex[:6]}",
+    )
+
+
+def run_burst(
+    settings: Settings, connection: redis.Redis, pipelines: Any, name: str | None = None, runners: Sequence[Any] = ()
+) -> Any:
+    """Run a real worker (on the given warm pipelines) in this thread until its queues are empty."""
+    from worker.engine import slot
+    from worker.main import make_worker
+
+    worker = make_worker(worker_parts(settings, pipelines, name), connection, runners)
     try:
-        worker = make_worker(settings, connection, runtime)
         worker.work(burst=True, logging_level="WARNING")
         return worker
     finally:
-        jobs.install(None)
+        slot.install(None)
 
 
 @contextmanager
-def background_worker(settings: Settings, connection: redis.Redis, pipelines: Any) -> Iterator[None]:
+def background_worker(
+    settings: Settings, connection: redis.Redis, pipelines: Any, runners: Sequence[Any] = ()
+) -> Iterator[None]:
     """A real worker that keeps taking jobs (RQ burst after burst) until the block ends."""
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -198,11 +264,11 @@ def background_worker(settings: Settings, connection: redis.Redis, pipelines: An
     def loop() -> None:
         while not stop.is_set():
             try:
-                run_burst(settings, connection, pipelines)
+                run_burst(settings, connection, pipelines, runners=runners)
             except BaseException as exc:
                 failures.append(exc)
                 return
-            stop.wait(0.1)
+            stop.wait(0.05)
 
     thread = threading.Thread(target=loop, name="background-worker", daemon=True)
     thread.start()
@@ -218,8 +284,8 @@ def background_worker(settings: Settings, connection: redis.Redis, pipelines: An
 def run_worker(settings: Settings, pipelines: Any, redis_client: redis.Redis) -> Callable[..., Any]:
     """Run a real worker in this thread until the queues are empty (RQ burst mode)."""
 
-    def run(name: str | None = None) -> Any:
-        return run_burst(settings, redis_client, pipelines, name)
+    def run(name: str | None = None, runners: Sequence[Any] = ()) -> Any:
+        return run_burst(settings, redis_client, pipelines, name, runners)
 
     return run
 

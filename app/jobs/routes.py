@@ -29,7 +29,7 @@ from sdserve.contract.limits import MAX_NAME_CHARS
 from sdserve.contract.problems import Conflict, FieldError, InvalidRequest
 from sdserve.jobs.record import JobRecord
 from sdserve.storage.base import inputs_prefix, outputs_prefix
-from sdserve.webhooks.deliveries import DeliveryAttempt
+from sdserve.webhooks.deliveries import Delivery
 
 EVENT_STREAM = "text/event-stream"
 
@@ -56,7 +56,7 @@ class DeliveryList(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": [], "pending": 0}]})
 
-    data: list[DeliveryAttempt]
+    data: list[Delivery]
     pending: int = Field(description="Deliveries still waiting to be sent or retried.")
 
 
@@ -66,7 +66,7 @@ async def deliveries(state: GatewayState, job_id: str) -> DeliveryList:
     pending = 0
     async for member, _ in state.redis.zscan_iter(state.queue.keys.webhooks_due(), match=f"{job_id}.*"):
         pending += 1 if member else 0
-    return DeliveryList(data=[DeliveryAttempt.model_validate_json(item) for item in raw], pending=pending)
+    return DeliveryList(data=[Delivery.model_validate_json(item) for item in raw], pending=pending)
 
 
 async def purge(state: GatewayState, record: JobRecord) -> None:

@@ -34,7 +34,7 @@ class DeliveryRecord(BaseModel):
         return cls.model_validate({text(k): text(v) for k, v in raw.items()})
 
 
-class DeliveryAttempt(BaseModel):
+class Delivery(BaseModel):
     """One attempt to deliver a webhook (an entry of the job's delivery log)."""
 
     webhook_id: str = Field(description="The `webhook-id` header sent (the same for every retry of one event).")
