@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2
 
 .PHONY: run test install lint typecheck bench clean
 
@@ -28,9 +29,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The pure tier first (under a minute, no servers), then every other tier on two parallel workers, each with
+# a Redis database of its own (tests/conftest.py).
 test: lint typecheck
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m unit -q
+	$(BIN)/python -m pytest -m "not unit" -n $(TEST_WORKERS) --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python bench/latency.py

@@ -90,7 +90,6 @@ def build_state(settings: Settings, kinds: Sequence[GatewayKind]) -> GatewayStat
         rate_limiter=RateLimiter(client, keys),
         metrics=Metrics(),
         kinds=Kinds(kind.kind for kind in kinds),
-        gateway_kinds={kind.kind.name: kind for kind in kinds},
     )
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
@@ -19,9 +18,6 @@ from sdserve.registry import Registry, RegistryHolder
 from sdserve.settings import Settings
 from sdserve.storage.base import ObjectStore
 from sdserve.webhooks.guard import WebhookPolicy
-
-if TYPE_CHECKING:
-    from app.jobs.kind import GatewayKind
 
 
 @dataclass
@@ -41,7 +37,6 @@ class GatewayState:
     rate_limiter: RateLimiter
     metrics: Metrics
     kinds: Kinds
-    gateway_kinds: dict[str, GatewayKind] = field(default_factory=dict)
 
     @property
     def registry(self) -> Registry:

@@ -25,11 +25,13 @@ The ledger is then reconciled against Redis and the object store:
 - **lost**: an accepted job with no record, or one that ended other than ``succeeded`` or ``failed``
   with ``/problems/worker-lost`` after using up its attempts;
 - **duplicated**: a job with more than one terminal event in its stream, a succeeded job whose
-  ``images`` are not exactly ``num_images`` distinct keys, or whose output folder holds anything but
-  those files and ``manifest.json``;
+  ``images`` are not exactly ``num_images`` distinct keys under the folder of its last run
+  (``outputs/<job>/<attempt>/``), or whose run folder holds anything but those files and ``manifest.json``;
 - **stuck**: a job still queued or running at the drain deadline;
 - **orphans** (reported, not a failure): jobs in Redis that no 2xx ever named, i.e. a submit whose
-  answer was lost and whose retry created another job instead of replaying the first.
+  answer was lost and whose retry created another job instead of replaying the first;
+- **stray runs** (reported, not a failure): folders of a succeeded job's earlier runs, files a run that was
+  SIGKILLed after writing them had no chance to delete (no result names them).
 
 It also reports how long each job hit by a kill waited for the janitor's requeue, the time from submit
 to the end (p50/p95), and workers that exited by themselves (restarted, and listed with their log tail).
@@ -70,10 +72,13 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
+from sdserve.images.view import ImageJobResult
+from sdserve.jobs.presence import WorkerPresence
+from sdserve.jobs.record import from_hash
 from sdserve.keys import Keys
-from sdserve.records import JobRecord
 
-SDSERVE = str(Path(sys.executable).with_name("sdserve"))
+SDSERVE = [sys.executable, "-m", "sdserve.cli"]
+"""The `sdserve` command, run by this interpreter (whatever console scripts are installed)."""
 TERMINAL = {"succeeded", "failed", "canceled"}
 WORKER_LOST = "/problems/worker-lost"
 T = TypeVar("T")
@@ -153,8 +158,10 @@ class Report:
     requeues: int = 0
     """``queued`` events with ``"reason": "worker-lost"`` in the ledger's job streams."""
     requeued_jobs: int = 0
-    popped_requeues: int = 0
-    """Janitor log lines about popped-but-never-started jobs (no event is written for those)."""
+    claimed_requeues: int = 0
+    """Janitor log lines about jobs taken but never started (no event is written for those)."""
+    stray_runs: int = 0
+    """Folders of earlier runs of succeeded jobs (a killed run's files: no result names them)."""
     answers_503: int = 0
     answers_unreachable: int = 0
     answers_other: dict[int, int] = field(default_factory=dict)
@@ -195,7 +202,8 @@ class Report:
             ("requeues (worker-lost events) / jobs requeued", f"{self.requeues} / {self.requeued_jobs}"),
             ("jobs hit by a kill / of them requeued", f"{len(set(self.mid_job_victims))} / {self.victims_requeued}"),
             ("kill to requeue p50 / max (s)", self._spread(self.kill_to_requeue)),
-            ("requeues of popped-but-never-started jobs", self.popped_requeues),
+            ("requeues of taken-but-never-started jobs", self.claimed_requeues),
+            ("stray run folders (killed runs' files)", self.stray_runs),
             ("submit answers 503 / unreachable / other", f"{self.answers_503} / {self.answers_unreachable} / {other}"),
             ("retries replayed by Idempotency-Key", self.replays),
             ("runs per job (attempts: jobs)", attempts),
@@ -326,11 +334,11 @@ class Cluster:
 
     # --- sdserve processes ----------------------------------------------------------------
     def start_gateway(self) -> None:
-        self.others["gateway"] = self.spawn("gateway", [SDSERVE, "gateway"], self.env())
+        self.others["gateway"] = self.spawn("gateway", [*SDSERVE, "gateway"], self.env())
         self._wait_http("/readyz", "gateway")
 
     def start_dispatcher(self) -> None:
-        self.others["webhooks"] = self.spawn("webhooks", [SDSERVE, "webhooks"], self.env())
+        self.others["webhooks"] = self.spawn("webhooks", [*SDSERVE, "webhooks"], self.env())
 
     def _wait_http(self, path: str, label: str) -> None:
         deadline = time.monotonic() + 60
@@ -355,7 +363,7 @@ class Cluster:
         if self.options.fixed_names:
             extra["SDSERVE_WORKER_NAME"] = f"chaos-w{slot}"
         label = f"worker-{slot}-{self.generation}"
-        proc = self.spawn(label, [SDSERVE, "worker"], self.env(**extra))
+        proc = self.spawn(label, [*SDSERVE, "worker"], self.env(**extra))
         self.workers[slot] = proc
         self.labels[proc.pid] = label
 
@@ -375,7 +383,8 @@ class Cluster:
         name = self.name_of(slot)
         if name is None or self.workers[slot].poll() is not None:
             return False
-        return self.retrying(lambda: self.client.hget(self.keys.worker(name), "ready")) == b"1"
+        raw = self.retrying(lambda: self.client.get(self.keys.worker(name)))
+        return raw is not None and WorkerPresence.model_validate_json(raw).ready
 
     def wait_workers_ready(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
@@ -673,7 +682,7 @@ class ChaosRun:
                 r.lost += 1
                 r.problems.append(f"lost: {job_id} (submit {accepted.index}) has no record")
                 continue
-            record = JobRecord.from_hash(raw)
+            record = from_hash(raw)
             events = [
                 (_text(f[b"event"]), json.loads(_text(f.get(b"data", b"{}"))))
                 for _, f in c.client.xrange(c.keys.events(job_id))
@@ -696,14 +705,22 @@ class ChaosRun:
             if status == "succeeded":
                 r.succeeded += 1
                 wanted = int(record.request.get("num_images", 1))
-                keys = [img.key for img in record.images]
-                names = {p.name for p in (outputs / job_id).iterdir()} if (outputs / job_id).is_dir() else set()
+                keys = [img.key for img in ImageJobResult.model_validate(record.result).images]
+                run = f"outputs/{job_id}/{record.attempts}"  # the run that succeeded: its own folder
+                folder = outputs / job_id / str(record.attempts)
+                names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
                 expected = {k.rsplit("/", 1)[-1] for k in keys} | {"manifest.json"}
-                if len(keys) != wanted or len(set(keys)) != len(keys) or names != expected:
+                in_run = all(k.rsplit("/", 1)[0] == run for k in keys)
+                if len(keys) != wanted or len(set(keys)) != len(keys) or not in_run or names != expected:
                     r.duplicated += 1
                     r.problems.append(
-                        f"duplicated: {job_id} wants {wanted} images, record has {keys}, folder has {sorted(names)}"
+                        f"duplicated: {job_id} wants {wanted} images, record has {keys}, {run} has {sorted(names)}"
                     )
+                runs = sorted(p.name for p in (outputs / job_id).iterdir()) if (outputs / job_id).is_dir() else []
+                strays = [name for name in runs if name != str(record.attempts)]
+                if strays:
+                    r.stray_runs += len(strays)
+                    r.problems.append(f"stray runs of {job_id} (succeeded in run {record.attempts}): {strays}")
             elif status == "failed" and record.error is not None and record.error.type == WORKER_LOST:
                 r.failed_worker_lost += 1
                 if record.attempts < o.max_attempts:
@@ -721,21 +738,21 @@ class ChaosRun:
                 if f[b"event"] == b"queued" and b'"worker-lost"' in f.get(b"data", b"")
             ]
             raw = c.client.hgetall(c.keys.job(job_id))
-            ended_with = JobRecord.from_hash(raw).error if raw else None
+            ended_with = from_hash(raw).error if raw else None
             if any(t > -1 for t in requeued):
                 r.victims_requeued += 1
                 r.kill_to_requeue.append(max(0.0, min(t for t in requeued if t > -1)))
             elif ended_with is None or ended_with.type != WORKER_LOST:  # a last attempt ends failed instead
                 r.problems.append(f"{job_id} was running when its worker was killed but was never requeued")
         known = set(ids)
-        indexed = {_text(i) for i in c.client.zrange(c.keys.jobs_index("anonymous"), 0, -1)}
+        indexed = {_text(i) for i in c.client.zrange(c.keys.index("image", "anonymous"), 0, -1)}
         orphans = sorted(indexed - known)
         r.orphans = len(orphans)
         if orphans:
             r.problems.append(f"orphans (in Redis, named by no 2xx): {orphans[:5]}")
         for label in ("webhooks", *sorted(p.stem for p in c.logs.glob("worker-*.log"))):
             text = c.log_tail(label, chars=10_000_000)
-            r.popped_requeues += text.count("popped but never started")
+            r.claimed_requeues += text.count("taken but never started")
 
 
 def run(options: Options, folder: Path | None = None) -> Report:

@@ -3,13 +3,13 @@
 Four measurements in one run, against the real Redis (database 12 by default, a unique key prefix,
 every key it wrote deleted at the end):
 
-1. a bare FastAPI endpoint that parses the same txt2img body (``sdserve.tasks.Txt2ImgRequest``) and
+1. a bare FastAPI endpoint that parses the same txt2img body (``sdserve.images.requests.Txt2ImgRequest``) and
    answers 202, served by uvicorn in one subprocess with the gateway's own uvicorn options;
-2. a bare loop of RQ enqueues (``Queue.enqueue_call("worker.jobs.run_job", ...)``, JSON serializer),
+2. a bare loop of RQ enqueues (``Queue.enqueue_call("worker.engine.slot.run_job", ...)``, JSON serializer),
    in this process, one at a time;
-3. the real gateway (``sdserve gateway`` subprocess, ``SDSERVE_UNSERVED_MODELS=queue``, no worker):
+3. the real gateway (``python -m sdserve.cli gateway`` subprocess, ``SDSERVE_UNSERVED_MODELS=queue``, no worker):
    ``POST /v1/txt2img`` with the same small body;
-4. submit → the worker *starting* the job, on an idle worker (``sdserve worker`` subprocess, tiny
+4. submit → the worker *starting* the job, on an idle worker (``python -m sdserve.cli worker`` subprocess, tiny
    model, no warm-up): jobs one at a time, each waited for (on its event stream, no polling) before
    the next; ``started_at - created_at`` from the job record.
 
@@ -58,13 +58,16 @@ from typing import Any
 import httpx
 import redis
 
-from sdserve.tasks import Txt2ImgRequest  # module level: the bare endpoint's annotation resolves here
+from app.jobs.queue import RUN_JOB
+from sdserve.contract.lifecycle import TERMINAL_EVENTS
+from sdserve.images.requests import Txt2ImgRequest  # module level: the bare endpoint's annotation resolves here
+from sdserve.jobs.presence import live_workers
+from sdserve.keys import Keys
 
 BODY: dict[str, Any] = {"prompt": "a lighthouse at dusk", "model": "tiny", "width": 64, "height": 64, "steps": 1}
 """The small txt2img body every HTTP row sends (tiny model, 64x64, one step: jobs finish fast)."""
 
-RUN_JOB = "worker.jobs.run_job"
-TERMINAL = {b"succeeded", b"failed", b"canceled"}
+TERMINAL = {event.value.encode() for event in TERMINAL_EVENTS}
 TARGET_RATE_FRACTION = 0.5
 TARGET_ADDED_P50_MS = 5.0
 TARGET_START_MS = 20.0
@@ -386,13 +389,13 @@ def sdserve_env(redis_url: str, prefix: str, data: Path, port: int) -> dict[str,
     return env
 
 
-def sdserve_bin() -> str:
-    found = Path(sys.executable).with_name("sdserve")
-    return str(found) if found.exists() else (shutil.which("sdserve") or "sdserve")
+def sdserve_command(process: str) -> list[str]:
+    """`sdserve <process>` run by this interpreter (as `sdserve up` starts its children)."""
+    return [sys.executable, "-m", "sdserve.cli", process]
 
 
 def start_gateway(procs: Processes, name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    proc = procs.start(name, [sdserve_bin(), "gateway"], env)
+    proc = procs.start(name, sdserve_command("gateway"), env)
     base = f"http://127.0.0.1:{env['SDSERVE_PORT']}"
     wait_http(procs, proc, f"{base}/healthz")
     return proc, base
@@ -422,6 +425,7 @@ def measure_worker_start(
     POST → ``started_at``), both in seconds, and the statuses the jobs ended in.
     """
     prefix = env["SDSERVE_KEY_PREFIX"]
+    keys = Keys(prefix)
     name = f"{prefix}-worker"
     worker_env = {
         **env,
@@ -431,12 +435,11 @@ def measure_worker_start(
         "SDSERVE_HEARTBEAT_SECONDS": "5",
         **extra_env,
     }
-    worker = procs.start("worker", [sdserve_bin(), "worker"], worker_env)
+    worker = procs.start("worker", sdserve_command("worker"), worker_env)
     deadline = time.monotonic() + 300
 
     def ready() -> bool:  # the worker registers as <name>.<pid>.<random>
-        live = [raw.decode() for raw in r.zrange(f"{prefix}:workers", 0, -1)]
-        return any(n.startswith(f"{name}.") and r.hget(f"{prefix}:worker:{n}", "ready") == b"1" for n in live)
+        return any(n.startswith(f"{name}.") and w.ready for n, w in live_workers(r, keys).items())
 
     while not ready():
         if worker.poll() is not None:
@@ -456,7 +459,7 @@ def measure_worker_start(
             if response.status_code != 202:
                 raise RuntimeError(f"submit answered {response.status_code}: {response.text[:500]}")
             job_id = response.json()["id"]
-            stream, after, ended = f"{prefix}:job:{job_id}:events", "0", False
+            stream, after, ended = keys.events(job_id), "0", False
             job_deadline = time.monotonic() + 60
             while not ended:
                 if time.monotonic() > job_deadline or worker.poll() is not None:
@@ -465,7 +468,7 @@ def measure_worker_start(
                     for entry_id, fields in entries:
                         after = entry_id
                         ended = ended or fields.get(b"event") in TERMINAL
-            created, started, status = r.hmget(f"{prefix}:job:{job_id}", ["created_at", "started_at", "status"])
+            created, started, status = r.hmget(keys.job(job_id), ["created_at", "started_at", "status"])
             if n < warmup_jobs:
                 continue  # the first jobs run code paths (and pipeline set-up) for the first time
             if created is None or started is None:
@@ -486,7 +489,7 @@ def cleanup(r: redis.Redis, prefixes: list[str]) -> int:
     """Delete every key this run wrote: its prefixes' keys, and RQ's keys of its jobs. Returns the count."""
     job_ids: set[bytes] = set()
     for prefix in prefixes:
-        for key in r.scan_iter(match=f"{prefix}:jobs:*", count=1000):
+        for key in r.scan_iter(match=Keys(prefix).index("*", "*"), count=1000):  # the listing indexes
             job_ids.update(r.zrange(key, 0, -1))
     doomed: list[bytes] = []
     for key in r.scan_iter(count=5000):
@@ -594,7 +597,7 @@ def run(args: argparse.Namespace) -> int:
         print("measuring the gateway...", file=sys.stderr)
         gw_sat, gw_one, gw_cpu = measure_http(gen, f"{base}/v1/txt2img", c, secs, gateway.pid)
         procs.stop(gateway)
-        depth = r.llen(f"rq:queue:{prefixes[0]}:tiny")
+        depth = r.llen(Keys(prefixes[0]).queue_key("tiny"))  # image jobs wait in their model's queue
         rows.append(
             Row(
                 "sdserve gateway `POST /v1/txt2img`",

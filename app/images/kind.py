@@ -30,10 +30,6 @@ class ImageGatewayKind:
     def router(self) -> APIRouter:
         return create_router(self)
 
-    def queues(self, state: GatewayState) -> dict[str, str]:
-        """One queue per model of the registry, named after it."""
-        return {name: name for name in state.registry.models}
-
     def queue_of(self, body: Any, state: GatewayState) -> str:
         """Image jobs wait in their model's queue."""
         request: AnyRequest = body

@@ -31,9 +31,6 @@ class GatewayKind(Protocol):
     def router(self) -> APIRouter:
         """The kind's create endpoints (``POST /v1/txt2img``, ...): each calls ``app.jobs.accept.accept``."""
 
-    def queues(self, state: GatewayState) -> dict[str, str]:
-        """Every queue the kind's jobs may wait in, and the model each serves (for metrics and operations)."""
-
     def queue_of(self, body: BaseModel, state: GatewayState) -> str:
         """The queue a request will wait in (cheap: no image is decoded, nothing is stored)."""
 

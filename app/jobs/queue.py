@@ -255,7 +255,7 @@ class JobQueue:
     async def cancel(self, record: JobRecord) -> str:
         """Cancel a job: a queued one at once, a running one at its next step; harmless when it has ended.
 
-        Returns 'canceled', 'requested' or the terminal status the job already had.
+        Returns 'canceled' (ended by this call), 'requested', 'ended' (it had ended already) or 'missing'.
         """
         k = self.keys
         keys = [

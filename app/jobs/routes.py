@@ -35,13 +35,28 @@ EVENT_STREAM = "text/event-stream"
 
 
 def event_schema(kind_noun: str) -> dict[str, Any]:
-    """An event stream, described the way OpenAPI before 3.2 can: a string of SSE lines."""
-    names = ", ".join(f"`{e.value}`" for e in JobEvent)
-    return {
-        "type": "string",
-        "description": f"Server-Sent Events (`text/event-stream`): blocks of `id:`, `event:` ({names}) and `data:` "
-        f"lines, one per event of the {kind_noun}; each `data` is a JSON object.",
+    """An event stream, described the way OpenAPI before 3.2 can: ``schema`` describes one event of the stream.
+
+    The string alternative is the stream read whole: what a client that does not parse Server-Sent Events (a
+    generated SDK) gets, so it reads the text instead of failing to parse an object.
+    """
+    event = {
+        "type": "object",
+        "description": f"One Server-Sent Event of the {kind_noun}'s stream.",
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "description": "Stream position; send it back as `Last-Event-ID` to resume."},
+            "event": {"type": "string", "enum": [e.value for e in JobEvent]},
+            "data": {"type": "string", "contentMediaType": "application/json", "description": "The event's JSON."},
+        },
     }
+    names = ", ".join(f"`{e.value}`" for e in JobEvent)
+    whole = {
+        "type": "string",
+        "description": f"The stream read whole: blocks of `id:`, `event:` ({names}) and `data:` lines, one per "
+        f"event of the {kind_noun}.",
+    }
+    return {"anyOf": [event, whole]}
 
 
 def _iso_only(value: object) -> object:

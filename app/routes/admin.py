@@ -66,8 +66,8 @@ class Drained(BaseModel):
 def _all_queues(state: GatewayState) -> dict[str, str]:
     """Every queue of every kind, and the model it serves."""
     found: dict[str, str] = {}
-    for gateway_kind in state.gateway_kinds.values():
-        found.update(gateway_kind.queues(state))
+    for kind in state.kinds:
+        found.update(kind.queues(state.registry))
     return found
 
 
@@ -93,7 +93,7 @@ async def _queues(state: GatewayState) -> QueueList:
     operation_id="reloadRegistry",
     summary="Reload the registry file",
     description="Re-reads the registry file in this gateway and tells every process to do the same.",
-    responses=problem_responses(401, 403, 422, 503),
+    responses=problem_responses(422, 503),
 )
 async def reload_registry(state: StateDep) -> RegistryInfo:
     registry = await asyncio.to_thread(state.registry_holder.reload)
@@ -109,7 +109,7 @@ async def reload_registry(state: StateDep) -> RegistryInfo:
     response_model=QueueList,
     operation_id="listQueues",
     summary="Queues: waiting jobs, pause state, workers",
-    responses=problem_responses(401, 403, 503),
+    responses=problem_responses(503),
 )
 async def list_queues(state: StateDep) -> QueueList:
     return await _queues(state)
@@ -122,7 +122,7 @@ async def list_queues(state: StateDep) -> QueueList:
     summary="Pause a model's queue",
     description="Once this answers, workers start no new job of this model (a running one finishes); new jobs "
     "still queue.",
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(404, 422, 503),
 )
 async def pause_queue(model: str, state: StateDep) -> QueueList:
     await state.queue.pause(_queues_of(state, model))
@@ -134,7 +134,7 @@ async def pause_queue(model: str, state: StateDep) -> QueueList:
     response_model=QueueList,
     operation_id="resumeQueue",
     summary="Resume a model's queue",
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(404, 422, 503),
 )
 async def resume_queue(model: str, state: StateDep) -> QueueList:
     await state.queue.resume(_queues_of(state, model))
@@ -148,7 +148,7 @@ async def resume_queue(model: str, state: StateDep) -> QueueList:
     summary="Drain workers",
     description="Live workers (of one model, or all) finish the job they are running, take no new one, and stop; "
     "no attempt of any job is consumed. Their orchestrator then replaces or removes them.",
-    responses=problem_responses(401, 403, 422, 503),
+    responses=problem_responses(422, 503),
 )
 async def drain(state: StateDep, body: DrainRequest | None = None) -> Drained:
     workers = await state.queue.live_workers()

@@ -28,8 +28,11 @@ _TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "json":
     response_class=FileResponse,
     responses={
         200: {
-            "description": "The file.",
+            "description": "The file, as it was stored: an image, a manifest (JSON), or other bytes.",
+            # The raw bytes first: a client generated from this document downloads the file as it is (an image
+            # is not JSON), whatever it turns out to be; the other entries say what a result's file may be.
             "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
                 "application/json": {"schema": {"type": "object", "description": "A job's manifest.json."}},
             },

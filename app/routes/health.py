@@ -78,8 +78,8 @@ async def refresh_queue_metrics(state: GatewayState) -> None:
     workers = await state.queue.live_workers()
     metrics = state.metrics
     models: set[str] = set()
-    for gateway_kind in state.gateway_kinds.values():
-        for queue, model in gateway_kind.queues(state).items():
+    for kind in state.kinds:
+        for queue, model in kind.queues(state.registry).items():
             models.add(model)
             metrics.queue_depth.labels(queue, model).set(await state.queue.queue_depth(queue))
             metrics.queue_oldest.labels(queue, model).set(await state.queue.oldest_age(queue))

@@ -35,8 +35,9 @@ Domain errors carry their problem type::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 ON_JOB = 200
@@ -54,6 +55,8 @@ class ProblemType:
     status: int
     title: str
     description: str
+    origin: str = field(default="", compare=False)
+    """The module that defined it (a kind's own problems name their kind's module)."""
 
     @property
     def type(self) -> str:
@@ -68,7 +71,8 @@ def problem(slug: str, status: int, title: str, description: str) -> ProblemType
     """Define a problem type and add it to the catalogue (a slug is defined once)."""
     if slug in _CATALOGUE:
         raise ValueError(f"problem type {slug!r} is defined twice")
-    entry = ProblemType(slug, status, title, description)
+    origin = str(sys._getframe(1).f_globals.get("__name__", ""))
+    entry = ProblemType(slug, status, title, description, origin)
     _CATALOGUE[slug] = entry
     return entry
 

@@ -12,6 +12,7 @@ from sdserve.images.view import ImageJobResult, ImageResult, Job, Timings, Webho
 from sdserve.jobs.kind import JobKind
 from sdserve.jobs.record import JobRecord
 from sdserve.jobs.view import Progress, ViewContext, common
+from sdserve.registry import Registry
 
 
 class ImageKind(JobKind):
@@ -28,6 +29,10 @@ class ImageKind(JobKind):
         "deliveries": "listWebhookDeliveries",
         "redeliver": "redeliverWebhook",
     }
+
+    def queues(self, registry: Registry) -> dict[str, str]:
+        """One queue per model of the registry, named after it."""
+        return {name: name for name in registry.models}
 
     def view(self, record: JobRecord, ctx: ViewContext) -> Job:
         result = ImageJobResult.model_validate(record.result)

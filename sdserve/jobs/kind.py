@@ -16,7 +16,7 @@ Image generation is the first kind (``sdserve.images``); a kind added later touc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from sdserve.contract.lifecycle import JobEvent
 from sdserve.jobs.record import JobRecord
 from sdserve.jobs.view import ViewContext
+from sdserve.registry import Registry
 
 
 class JobKind(ABC):
@@ -43,6 +44,10 @@ class JobKind(ABC):
     """The model ``webhook`` returns (the webhook payload's schema)."""
     operation_ids: ClassVar[Mapping[str, str]] = {}
     """Operation ids that differ from the derived ones (``get<Title>``, ``list<Title>s``, ...)."""
+
+    @abstractmethod
+    def queues(self, registry: Registry) -> dict[str, str]:
+        """Every queue the kind's jobs may wait in, and the model each serves (for metrics and operations)."""
 
     @abstractmethod
     def view(self, record: JobRecord, ctx: ViewContext) -> BaseModel:
@@ -72,7 +77,7 @@ class Kinds:
                 raise ValueError(f"two kinds are named {kind.name!r}")
             self.by_name[kind.name] = kind
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[JobKind]:
         return iter(self.by_name.values())
 
     def get(self, name: str) -> JobKind:

@@ -167,10 +167,11 @@ CANCEL = _lua(
     + """
 -- KEYS[6] the job's queue, KEYS[7] its claimed list. ARGV[3] the canceled problem (JSON).
 -- A queued job is canceled at once (and leaves its queue); a running one gets a cancel request that its
--- worker sees at its next step. Returns 'canceled', 'requested', or the terminal status it had.
+-- worker sees at its next step. Returns 'canceled' (it ended now), 'requested', or 'ended' (it had ended before:
+-- even canceled, so that only the call that canceled it reads 'canceled' and counts it).
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
-if terminal(status) then return status end
+if terminal(status) then return 'ended' end
 redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 if status == '$S_QUEUED' then
   local id = redis.call('HGET', KEYS[1], 'id')

@@ -91,7 +91,8 @@ class LocalStore:
             self.root.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")
         except OSError as exc:
-            probe.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the root may be no folder at all (then there is no probe)
+                probe.unlink(missing_ok=True)
             if exc.errno in _FULL:
                 raise StorageFull(f"local store {self.root} is full", retry_after=30) from exc
             raise Unavailable(f"local store {self.root} is not writable: {exc}") from exc

@@ -47,13 +47,13 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing (pip install playwright)")
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def site(settings: Settings, redis_client: redis.Redis, pipelines: Any) -> Iterator[str]:
     from app.main import create_app
 
+    for model in settings.worker_models:  # loaded here, not in the worker's thread while the browser starts
+        pipelines.load(model)
     with (
         LiveServer(with_playground(create_app(settings))) as server,
         background_worker(settings, redis_client, pipelines),

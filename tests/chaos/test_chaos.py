@@ -19,8 +19,6 @@ from types import ModuleType
 
 import pytest
 
-pytestmark = pytest.mark.integration
-
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 
 

@@ -20,7 +20,7 @@ import torch
 
 from train.dataset import Scene, caption, held_out_scenes
 from train.pixels import read
-from worker.builtin import DEMO_DIR, ensure_builtin
+from worker.models.builtin import DEMO_DIR, ensure_builtin
 
 SCENES: list[Scene] = held_out_scenes(0, 10)
 

@@ -11,7 +11,7 @@ import torch
 
 from train import stages
 from train.train import main
-from worker.builtin import DEMO_DIR
+from worker.models.builtin import DEMO_DIR
 
 
 def test_continues_from_the_shipped_pipeline(tmp_path: Path) -> None:

@@ -143,10 +143,15 @@ def test_settings_names_and_registry(compose: dict[str, Any]) -> None:
         uses = re.findall(rf"^\s*([A-Z0-9_]+): \$\{{{name}\b", text, flags=re.MULTILINE)
         assert uses and set(uses) == {name}, f"{name} feeds {uses}"
     registry_file = REPO / compose["configs"]["registry"]["file"]
-    registry = Registry.load(registry_file)
+    gateway_default = env(compose["services"]["gateway"])["SDSERVE_DEFAULT_MODEL"]
+    default_model = re.fullmatch(r"\$\{DEFAULT_MODEL:-([a-z0-9-]+)\}", gateway_default)
+    assert default_model, "the gateway's SDSERVE_DEFAULT_MODEL has a default"
+    registry = Registry.load(registry_file, default_model.group(1))
+    assert registry.default_model == default_model.group(1)
     gpu_models = env(compose["services"]["worker"])["SDSERVE_WORKER_MODELS"]
     default = re.fullmatch(r"\$\{[A-Z_]+:-([a-z0-9-]+)\}", gpu_models)
     assert default and default.group(1) in registry.models
+    assert Registry.load(registry_file, default.group(1)).default_model == default.group(1)  # DEFAULT_MODEL=sd15
     assert "tiny" in registry.models
 
 

@@ -381,7 +381,7 @@ def test_models_loader_fills_what_the_registry_names(rendered: dict[str, list[Do
     }
     script = pod["containers"][0]["command"][-1]
     compile(script, "models-loader", "exec")
-    registry = Registry.load(DEPLOY / "base/registry.toml")
+    registry = Registry.load(DEPLOY / "base/registry.toml", config(rendered["prod"])["SDSERVE_DEFAULT_MODEL"])
     local = {spec.source for spec in registry.models.values() if spec.source.startswith("/models/")}
     assert local and all(f'"{folder}"' in script for folder in local)
 
@@ -391,5 +391,5 @@ def test_registry_examples_are_valid(tmp_path: Path) -> None:
     text = (DEPLOY / "base/registry.toml").read_text()
     examples = [line.removeprefix("# ") for line in text.splitlines() if re.match(r"# (\[|[a-z_]+ = )", line)]
     (tmp_path / "registry.toml").write_text(text + "\n" + "\n".join(examples) + "\n")
-    registry = Registry.load(tmp_path / "registry.toml")
+    registry = Registry.load(tmp_path / "registry.toml", "sd15")  # the base deployment's SDSERVE_DEFAULT_MODEL
     assert "watercolor-sd15" in registry.loras and "easynegative" in registry.embeddings

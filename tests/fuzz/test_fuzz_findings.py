@@ -13,8 +13,6 @@ import httpx
 import jsonschema
 import pytest
 
-pytestmark = pytest.mark.integration
-
 
 def documented(client: httpx.Client, path: str, method: str) -> dict[str, Any]:
     """The responses the live OpenAPI document declares for one operation."""

@@ -59,13 +59,11 @@ import redis
 import schemathesis
 from schemathesis import Case, CheckContext, Response
 
-from sdserve.auth import hash_key, new_key
+from sdserve.access.api_keys import hash_key, new_key
 from sdserve.keys import Keys
 from sdserve.settings import Settings
 from tests.conftest import LiveServer
 from tests.images import encode, pattern, rect_mask
-
-pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = int(os.environ.get("SDSERVE_FUZZ_EXAMPLES", "25"))
 DETERMINISTIC = "SDSERVE_FUZZ_EXAMPLES" not in os.environ

@@ -20,8 +20,6 @@ from tests.images import data_uri, encode
 from train.dataset import COLOURS
 from train.pixels import read
 
-pytestmark = pytest.mark.integration
-
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "images" / "examples"
 COMMON = {"model": "demo", "steps": 20, "seed": 7}
 

@@ -10,12 +10,15 @@ import pytest
 import redis
 
 from app.main import create_app
+from sdserve.images.requests import Txt2ImgRequest
 from sdserve.keys import Keys
+from sdserve.secrets import url_signing_key
 from sdserve.settings import Settings
-from sdserve.store import LocalStore
+from sdserve.storage.local import LocalStore
 from tests.conftest import LiveServer, free_port
-
-pytestmark = pytest.mark.integration
+from worker.images.recipes import RECIPES
+from worker.images.recipes.base import Inputs, RecipeContext
+from worker.images.recipes.txt2img import Txt2Img
 
 PROBLEM = "application/problem+json"
 SMALL = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2}
@@ -122,7 +125,7 @@ def test_request_id_is_echoed_or_made(client: httpx.Client) -> None:
 def test_signed_urls_refuse_tampering_expiry_and_traversal(
     client: httpx.Client, gateway: str, settings: Settings
 ) -> None:
-    store = LocalStore(settings.objects_dir, settings.signing_key())
+    store = LocalStore(settings.objects_dir, url_signing_key(settings))
     store.put("outputs/x/0.png", b"\x89PNG fake", "image/png")
     good = store.signed_url("outputs/x/0.png", expires_in=60, base_url=gateway)
     assert httpx.get(good.url).content == b"\x89PNG fake"
@@ -134,6 +137,25 @@ def test_signed_urls_refuse_tampering_expiry_and_traversal(
     sig = good.url.split("?")[1]
     assert httpx.get(f"{gateway}/v1/files/outputs/../../etc/passwd?{sig}").status_code in (403, 404)
     assert httpx.get(f"{gateway}/v1/files/outputs/x/0.png").status_code == 422
+
+
+def test_head_on_a_result_url_answers_its_headers_without_a_body(client: httpx.Client, run_worker: Any) -> None:
+    job_id = client.post("/v1/txt2img", json=SMALL).json()["id"]
+    run_worker()
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", job
+    for url, content_type in ((job["images"][0]["url"], "image/png"), (job["manifest_url"], "application/json")):
+        got = httpx.get(url)
+        head = httpx.head(url)
+        assert got.status_code == head.status_code == 200
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"] == content_type
+        assert int(head.headers["content-length"]) == len(got.content) > 0
+        assert head.headers["cache-control"] == got.headers["cache-control"]
+        assert head.headers["etag"] == got.headers["etag"]
+    tampered = httpx.head(job["images"][0]["url"].replace("signature=", "signature=0"))
+    assert tampered.status_code == 403 and tampered.content == b""  # the GET's answer, without its body
+    assert tampered.headers["content-type"].startswith(PROBLEM)
 
 
 def test_health_and_readiness(client: httpx.Client) -> None:
@@ -160,7 +182,11 @@ def test_redis_down_answers_503_fast(settings: Settings) -> None:
 
 
 def test_models_report_live_workers(
-    client: httpx.Client, run_worker: Any, settings: Settings, redis_client: redis.Redis
+    client: httpx.Client,
+    run_worker: Any,
+    settings: Settings,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     before = client.get("/v1/models").json()["data"]
     tiny = next(m for m in before if m["name"] == "tiny")
@@ -169,23 +195,19 @@ def test_models_report_live_workers(
     assert next(m for m in client.get("/v1/models").json()["data"] if m["name"] == "tiny")["queued"] == 1
 
     # While a worker runs a job, it advertises the models it serves; it retires when it stops.
-    from worker import runtime
-
     seen: list[dict[str, Any]] = []
-    cls, recipe = runtime.TASKS["txt2img"]
 
-    def observing(ctx: Any, request: Any) -> Any:
-        seen.extend(m for m in client.get("/v1/models").json()["data"] if m["name"] == "tiny")
-        return recipe(ctx, request)
+    class Observing(Txt2Img):
+        def inputs(self, ctx: RecipeContext, request: Txt2ImgRequest) -> Inputs:
+            seen.extend(m for m in client.get("/v1/models").json()["data"] if m["name"] == "tiny")
+            return super().inputs(ctx, request)
 
-    runtime.TASKS["txt2img"] = (cls, observing)
-    try:
-        worker = run_worker(name="w-visible")
-    finally:
-        runtime.TASKS["txt2img"] = (cls, recipe)
+    monkeypatch.setitem(RECIPES, "txt2img", Observing())
+    worker = run_worker(name="w-visible")
     assert seen and seen[0]["workers"] == ["w-visible"] and seen[0]["warm"]
     keys = Keys(settings.key_prefix)
-    assert redis_client.hget(keys.worker(worker.name), "ready") is None
+    assert redis_client.get(keys.worker(worker.name)) is None  # its presence is gone
+    assert redis_client.zscore(keys.workers(), worker.name) is None
     tiny = next(m for m in client.get("/v1/models").json()["data"] if m["name"] == "tiny")
     assert tiny["workers"] == [] and tiny["queued"] == 0
 
@@ -193,12 +215,11 @@ def test_models_report_live_workers(
 def test_a_failing_job_records_a_problem_not_a_traceback(
     client: httpx.Client, run_worker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker import runtime
+    class Boom(Txt2Img):
+        def inputs(self, ctx: RecipeContext, request: Txt2ImgRequest) -> Inputs:
+            raise RuntimeError("secret internal path /srv/model.bin")
 
-    def boom(ctx: Any, request: Any) -> Any:
-        raise RuntimeError("secret internal path /srv/model.bin")
-
-    monkeypatch.setitem(runtime.TASKS, "txt2img", (runtime.TASKS["txt2img"][0], boom))
+    monkeypatch.setitem(RECIPES, "txt2img", Boom())
     job_id = client.post("/v1/txt2img", json=SMALL).json()["id"]
     run_worker()
     job = client.get(f"/v1/jobs/{job_id}").json()

@@ -19,8 +19,6 @@ from PIL import Image
 from sdserve.settings import Settings
 from tests.images import b64, data_uri, encode, pattern, rect_mask
 
-pytestmark = pytest.mark.integration
-
 PROBLEM = "application/problem+json"
 
 

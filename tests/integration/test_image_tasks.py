@@ -17,8 +17,6 @@ from PIL import Image
 
 from tests.images import data_uri, decode, encode, pattern, rect_mask
 
-pytestmark = pytest.mark.integration
-
 MODELS = ["tiny", "tiny-sdxl"]
 
 
@@ -196,9 +194,9 @@ def test_outpaint_geometry_is_exact_and_the_original_is_kept(client: httpx.Clien
 def test_a_dedicated_inpainting_checkpoint_is_used_as_such(
     settings: Any, redis_client: Any, tmp_path: Any, pipelines: Any
 ) -> None:
-    from sdserve.registry import Registry
+    from sdserve.registry import Registry, RegistryHolder
     from tests.conftest import LiveServer
-    from worker.pipelines import PipelineCache
+    from worker.models.pipelines import PipelineCache
 
     registry_file = tmp_path / "registry.toml"
     registry_file.write_text(
@@ -222,7 +220,8 @@ def test_a_dedicated_inpainting_checkpoint_is_used_as_such(
         job_id = submit(c, "/v1/inpaint", body)
         from tests.conftest import run_burst
 
-        cache = PipelineCache(Registry.load(registry_file), pipelines.device, pipelines.models_dir)
+        holder = RegistryHolder(lambda: Registry.load(registry_file, custom.default_model))
+        cache = PipelineCache(holder, pipelines.device, pipelines.models_dir)
         run_burst(custom, redis_client, cache)
         job = finished(c, job_id)
         manifest = httpx.get(job["manifest_url"]).json()

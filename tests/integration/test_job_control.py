@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,15 +17,23 @@ import redis
 
 from sdserve.keys import Keys
 from sdserve.settings import Settings
-from tests.conftest import run_burst
-
-pytestmark = pytest.mark.integration
+from tests.conftest import run_burst, wait_for
+from worker.images.steps import StepCallback
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 4}
 
 
-def sse(client: httpx.Client, job_id: str, last_event_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """Read a job's event stream to its end (or ``limit`` events); returns the parsed events."""
+def sse(
+    client: httpx.Client,
+    job_id: str,
+    last_event_id: str | None = None,
+    limit: int = 1000,
+    received: threading.Event | None = None,
+) -> list[dict[str, Any]]:
+    """Read a job's event stream to its end (or ``limit`` events); returns the parsed events.
+
+    ``received`` is set once the first event has arrived.
+    """
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     events: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
@@ -37,6 +45,8 @@ def sse(client: httpx.Client, job_id: str, last_event_id: str | None = None, lim
                 if "event" in current:
                     current["data"] = json.loads(current.get("data", "{}"))
                     events.append(current)
+                    if received is not None:
+                        received.set()
                     if len(events) >= limit:
                         break
                 current = {}
@@ -48,10 +58,12 @@ def sse(client: httpx.Client, job_id: str, last_event_id: str | None = None, lim
 
 @contextmanager
 def worker_in_background(
-    settings: Settings, connection: redis.Redis, pipelines: Any, delay: float = 0.0
+    settings: Settings, connection: redis.Redis, pipelines: Any, start_when: Callable[[], object]
 ) -> Iterator[threading.Thread]:
+    """A burst worker in a thread that starts once ``start_when()`` holds."""
+
     def run() -> None:
-        time.sleep(delay)
+        wait_for(start_when, timeout=60)
         run_burst(settings, connection, pipelines)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -89,8 +101,9 @@ def test_sse_follows_a_live_job(
     client: httpx.Client, settings: Settings, redis_client: redis.Redis, pipelines: Any
 ) -> None:
     job_id = client.post("/v1/txt2img", json=BODY).json()["id"]
-    with worker_in_background(settings, redis_client, pipelines, delay=0.5):
-        events = sse(client, job_id)
+    received = threading.Event()
+    with worker_in_background(settings, redis_client, pipelines, start_when=received.is_set):
+        events = sse(client, job_id, received=received)  # the worker starts once the stream has begun
     assert events[0]["event"] == "queued" and events[0]["data"]["queue_position"] == 0
     assert events[-1]["event"] == "succeeded"
 
@@ -106,7 +119,8 @@ def test_cancel_a_queued_job_at_once(
     again = client.post(f"/v1/jobs/{job_id}/cancel")  # harmless to repeat
     assert again.status_code == 200 and again.json()["status"] == "canceled"
     run_worker()
-    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "canceled" and job["error"]["type"] == "/problems/canceled"
     assert client.get(f"/v1/jobs/{other}").json()["status"] == "succeeded"
     assert not (settings.objects_dir / "outputs" / job_id).exists()
     assert client.post(f"/v1/jobs/{other}/cancel").json()["status"] == "succeeded"  # ended: unchanged
@@ -116,23 +130,22 @@ def test_cancel_a_queued_job_at_once(
 def test_cancel_a_running_job_within_one_step(
     client: httpx.Client, run_worker: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.progress import StepReporter
-
-    report = StepReporter.report
+    report = StepCallback.report
     seen: list[int] = []
 
-    def report_and_cancel(self: StepReporter, step: int, latents: Any = None) -> None:
+    def report_and_cancel(self: StepCallback, step: int, latents: Any = None) -> None:
         seen.append(step)
         if step == 2:
-            answer = client.post(f"/v1/jobs/{self.job_id}/cancel").json()
+            answer = client.post(f"/v1/jobs/{self.members[0].job.id}/cancel").json()
             assert answer["status"] == "running" and answer["cancel_requested"]
         report(self, step, latents)
 
-    monkeypatch.setattr(StepReporter, "report", report_and_cancel)
+    monkeypatch.setattr(StepCallback, "report", report_and_cancel)
     job_id = client.post("/v1/txt2img", json={**BODY, "steps": 20}).json()["id"]
     run_worker()
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "canceled" and job["images"] == []
+    assert job["error"]["type"] == "/problems/canceled"
     assert max(seen) == 2  # the step that saw the cancel request was the last one
     assert not (settings.objects_dir / "outputs" / job_id).exists()
 
@@ -151,7 +164,7 @@ def test_idempotency_key_racing_requests_create_exactly_one_job(
     assert all(a.status_code == 202 for a in answers), [a.text for a in answers if a.status_code != 202][:2]
     assert len({a.json()["id"] for a in answers}) == 1
     assert sum(1 for a in answers if a.headers.get("idempotent-replayed") == "true") == 49
-    index = Keys(settings.key_prefix).jobs_index("anonymous")
+    index = Keys(settings.key_prefix).index("image", "anonymous")
     assert redis_client.zcard(index) == 1
     reused = client.post("/v1/txt2img", json={**BODY, "prompt": "something else"}, headers=headers)
     assert reused.status_code == 422 and reused.json()["type"] == "/problems/idempotency-key-reused"
@@ -167,7 +180,8 @@ def test_idempotency_key_racing_requests_create_exactly_one_job(
 def test_prefer_wait_answers_200_for_a_short_job(
     client: httpx.Client, settings: Settings, redis_client: redis.Redis, pipelines: Any
 ) -> None:
-    with worker_in_background(settings, redis_client, pipelines, delay=0.3):
+    queue = Keys(settings.key_prefix).queue_key("tiny")
+    with worker_in_background(settings, redis_client, pipelines, start_when=lambda: redis_client.llen(queue)):
         started = time.monotonic()
         answer = client.post("/v1/txt2img", json=BODY, headers={"Prefer": "wait=30"})
     assert answer.status_code == 200, answer.text

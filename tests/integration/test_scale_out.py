@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,20 +30,43 @@ import httpx
 import pytest
 import redis
 
+from sdserve.images.view import ImageJobResult
+from sdserve.jobs.presence import live_workers
+from sdserve.jobs.record import JobRecord, from_hash
 from sdserve.keys import Keys
-from sdserve.records import JobRecord
 from sdserve.settings import Settings
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.integration
-
-SDSERVE = str(Path(sys.executable).with_name("sdserve"))
+SDSERVE = [sys.executable, "-m", "sdserve.cli"]
+"""The `sdserve` command, as `sdserve up` starts its children."""
 JOBS_PER_BURST = 16
 REQUEST = {"prompt": "a lighthouse, scaled out", "width": 64, "height": 64, "steps": 8}
 MIN_SPEEDUP = 1.3
 STARVED_CORES = 1.5
 """Below this many cores for two workers, other processes held the machine (see the end of the test)."""
 TERMINAL = {b"succeeded", b"failed", b"canceled"}
+
+
+def worker_env(settings: Settings, models_cache: Path, name: str, metrics_port: int = 0) -> dict[str, str]:
+    """The environment of one `sdserve worker` of the test's deployment (and nothing else of sdserve's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDSERVE_")}
+    return env | {
+        "SDSERVE_REDIS_URL": settings.redis_url,
+        "SDSERVE_KEY_PREFIX": settings.key_prefix,
+        "SDSERVE_DATA_DIR": str(settings.data_dir),
+        "SDSERVE_MODELS_CACHE_DIR": str(models_cache),
+        "SDSERVE_WORKER_NAME": name,
+        "SDSERVE_WORKER_MODELS": "tiny",
+        "SDSERVE_DEVICE": "cpu",
+        "SDSERVE_TORCH_THREADS": "1",
+        "SDSERVE_WARMUP": "false",
+        "SDSERVE_HEARTBEAT_SECONDS": "1",
+        "SDSERVE_LOG_LEVEL": "warning",
+        "SDSERVE_HOST": "127.0.0.1",
+        "SDSERVE_WORKER_METRICS_PORT": str(metrics_port),  # 0: none (other workers may run on this host)
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
 
 
 class Workers:
@@ -57,26 +81,11 @@ class Workers:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SDSERVE_")}
-        env |= {
-            "SDSERVE_REDIS_URL": self.settings.redis_url,
-            "SDSERVE_KEY_PREFIX": self.settings.key_prefix,
-            "SDSERVE_DATA_DIR": str(self.settings.data_dir),
-            "SDSERVE_MODELS_CACHE_DIR": str(self.models_cache),
-            "SDSERVE_WORKER_NAME": name,
-            "SDSERVE_WORKER_MODELS": "tiny",
-            "SDSERVE_DEVICE": "cpu",
-            "SDSERVE_TORCH_THREADS": "1",
-            "SDSERVE_WARMUP": "false",
-            "SDSERVE_HEARTBEAT_SECONDS": "1",
-            "SDSERVE_LOG_LEVEL": "warning",
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-        }
+        env = worker_env(self.settings, self.models_cache, name)
         log = (self.folder / f"{name}.log").open("wb")
         # The working directory is empty: no stray .env is read.
         self.procs[name] = subprocess.Popen(
-            [SDSERVE, "worker"],
+            [*SDSERVE, "worker"],
             cwd=self.folder,
             env=env,
             stdout=log,
@@ -89,8 +98,7 @@ class Workers:
     def ready(self, name: str) -> bool:
         """Whether the worker started as ``name`` is ready (it registers as ``<name>.<pid>.<random>``)."""
         full = f"{name}.{self.procs[name].pid}."
-        live = [n.decode() for n in self.redis.zrange(self.keys.workers(), 0, -1)]
-        return any(n.startswith(full) and self.redis.hget(self.keys.worker(n), "ready") == b"1" for n in live)
+        return any(n.startswith(full) and w.ready for n, w in live_workers(self.redis, self.keys).items())
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the running workers have used so far."""
@@ -146,7 +154,7 @@ def burst(client: httpx.Client, workers: Workers, n: int) -> tuple[float, list[J
             return all(status in TERMINAL for status in pipe.execute())
 
     wait_for(finished, timeout=300, interval=0.25)  # a slow poll: the workers need the CPU
-    records = [JobRecord.from_hash(workers.redis.hgetall(keys.job(job_id))) for job_id in ids]
+    records = [from_hash(workers.redis.hgetall(keys.job(job_id))) for job_id in ids]
     assert all(r.finished_at is not None for r in records)
     return max(r.finished_at or 0.0 for r in records) - started, records
 
@@ -216,7 +224,7 @@ def test_every_job_runs_once_and_two_workers_beat_one(
         assert record.status.value == "succeeded", (record.id, record.error)
         assert record.attempts == 1, record.id
         assert short(record.worker) in {"w1", "w2", "w3"}
-        assert len(record.images) == 1
+        assert len(ImageJobResult.model_validate(record.result).images) == 1
         events = redis_client.xrange(workers.keys.events(record.id))
         assert [e[b"event"] for _, e in events].count(b"started") == 1, record.id
 
@@ -238,3 +246,24 @@ def test_every_job_runs_once_and_two_workers_beat_one(
     assert speedup() >= 1.1, report
     assert speedup() >= 0.8 * room / max(cores[1]), f"throughput did not follow the CPU: {report}"
     warnings.warn(f"scale-out measured on a busy machine, the {MIN_SPEEDUP}x bound not checked: {report}", stacklevel=1)
+
+
+def test_a_worker_whose_metrics_port_is_taken_exits_naming_the_setting(
+    settings: Settings, redis_client: redis.Redis, models_cache: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as held:  # the first worker on this host has the port
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        second = subprocess.run(
+            [*SDSERVE, "worker"],
+            cwd=tmp_path,
+            env=worker_env(settings, models_cache, "second", metrics_port=port),
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    out = (second.stdout + second.stderr).decode(errors="replace")
+    assert second.returncode != 0, out
+    assert "SDSERVE_WORKER_METRICS_PORT" in out and str(port) in out, out
+    assert live_workers(redis_client, Keys(settings.key_prefix)) == {}  # it never took a job

@@ -1,14 +1,24 @@
-"""Webhooks end to end: a real receiver on loopback, the real dispatcher, Standard Webhooks verification."""
+"""Webhooks end to end: a real receiver on loopback, the real dispatcher, Standard Webhooks verification.
+
+No test sleeps for a fixed time: each waits on what it claims, the receiver's requests or the job's delivery
+log (which the dispatcher appends to only once the receiver's answer came back). A log with nothing pending
+means the dispatcher has nothing more to send for the job.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -16,13 +26,19 @@ import redis
 import redis.asyncio as aioredis
 from standardwebhooks.webhooks import Webhook
 
-from sdserve.dispatcher import Dispatcher
+from dispatcher.dispatcher import Dispatcher
+from sdserve.kinds import builtin_kinds
+from sdserve.observe.metrics import Metrics
+from sdserve.secrets import url_signing_key, webhook_signing_secret
 from sdserve.settings import Settings
-from sdserve.store import LocalStore
-from sdserve.webhooks import WebhookPolicy
+from sdserve.storage.local import LocalStore
+from sdserve.webhooks.guard import WebhookPolicy
+from tests.conftest import LiveServer, run_burst, wait_for
+from tests.images import decode
 from tests.receiver import Receiver, Reply
+from tests.store.conftest import REGION, S3Server, aws_env, nanio_server
 
-pytestmark = pytest.mark.integration
+__all__ = ["aws_env", "nanio_server"]  # fixtures of the store tests, used here too
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 3}
 
@@ -37,6 +53,15 @@ def settings(settings: Settings) -> Settings:
             "webhook_timeout_seconds": 2.0,
         }
     )
+
+
+def make_dispatcher(settings: Settings, client: aioredis.Redis, **kwargs: Any) -> Dispatcher:
+    """A dispatcher built as ``dispatcher.main`` builds it (here on the local store)."""
+    store = LocalStore(settings.objects_dir, url_signing_key(settings))
+    return Dispatcher(
+        settings, client, store, kinds=builtin_kinds(), secret=webhook_signing_secret(settings), metrics=Metrics(),
+        **kwargs,
+    )  # fmt: skip
 
 
 class RunningDispatcher:
@@ -54,8 +79,7 @@ class RunningDispatcher:
 
         async def main() -> None:
             client = aioredis.Redis.from_url(self.settings.redis_url)
-            store = LocalStore(self.settings.objects_dir, self.settings.signing_key())
-            self.dispatcher = Dispatcher(self.settings, client, store, **self.kwargs)
+            self.dispatcher = make_dispatcher(self.settings, client, **self.kwargs)
             self.ready.set()
             await self.dispatcher.run()
             await client.aclose()
@@ -87,6 +111,24 @@ def submit(client: httpx.Client, url: str, events: list[str] | None = None, **ex
     return str(response.json()["id"])
 
 
+def deliveries(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    answer = client.get(f"/v1/jobs/{job_id}/webhook-deliveries")
+    assert answer.status_code == 200, answer.text
+    log: dict[str, Any] = answer.json()
+    return log
+
+
+def settled(client: httpx.Client, job_id: str, attempts: int, timeout: float = 20.0) -> dict[str, Any]:
+    """The job's delivery log once it records ``attempts`` attempts (or more) and nothing is pending."""
+
+    def done() -> dict[str, Any] | None:
+        log = deliveries(client, job_id)
+        return log if len(log["data"]) >= attempts and log["pending"] == 0 else None
+
+    settled_log: dict[str, Any] = wait_for(done, timeout=timeout)
+    return settled_log
+
+
 def test_terminal_delivery_is_signed_thin_and_verifiable(
     client: httpx.Client, run_worker: Any, settings: Settings, dispatcher: RunningDispatcher
 ) -> None:
@@ -94,7 +136,7 @@ def test_terminal_delivery_is_signed_thin_and_verifiable(
         job_id = submit(client, receiver.url, metadata={"order": "42"})
         run_worker()
         (got,) = receiver.wait(1)
-        payload = Webhook(settings.webhook_signing_secret()).verify(got.body, got.headers)
+        payload = Webhook(webhook_signing_secret(settings)).verify(got.body, got.headers)
         assert payload["type"] == "job.succeeded"
         data = payload["data"]
         assert data["id"] == job_id and data["status"] == "succeeded" and data["metadata"] == {"order": "42"}
@@ -102,9 +144,8 @@ def test_terminal_delivery_is_signed_thin_and_verifiable(
         assert "request" not in data and "Traceback" not in got.body.decode()
         assert got.headers["webhook-id"] == f"msg_{job_id}.succeeded"
         assert got.headers["content-type"] == "application/json"
-        time.sleep(0.5)
-        assert len(receiver.received) == 1  # terminal only, by default
-        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
+        log = settled(client, job_id, 1)  # nothing left to send...
+        assert len(receiver.received) == 1  # ...and only the terminal event was sent, by default
         assert log["pending"] == 0 and [(d["event"], d["status_code"], d["ok"]) for d in log["data"]] == [
             ("succeeded", 200, True)
         ]
@@ -121,9 +162,9 @@ def test_retries_keep_the_id_and_follow_the_schedule(
         gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
         assert gaps[0] >= 0.3 * 0.8 and gaps[1] >= 0.6 * 0.8, gaps
         for attempt in attempts:  # each retry is signed afresh, and verifies
-            Webhook(settings.webhook_signing_secret()).verify(attempt.body, attempt.headers)
-        time.sleep(0.3)
-        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
+            Webhook(webhook_signing_secret(settings)).verify(attempt.body, attempt.headers)
+        log = settled(client, job_id, 3)
+        assert len(receiver.received) == 3
         assert [d["status_code"] for d in log["data"]] == [500, 502, 200]
         assert [d["attempt"] for d in log["data"]] == [1, 2, 3]
 
@@ -133,9 +174,8 @@ def test_gives_up_after_the_schedule(client: httpx.Client, run_worker: Any, disp
         job_id = submit(client, receiver.url)
         run_worker()
         receiver.wait(4)  # the first attempt and three retries
-        time.sleep(1.5)
-        assert len(receiver.received) == 4
-        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
+        log = settled(client, job_id, 4)  # nothing pending: no fifth attempt will come
+        assert len(receiver.received) == 4 and len(log["data"]) == 4
         assert log["pending"] == 0 and log["data"][-1]["next_attempt_in"] is None
 
 
@@ -147,8 +187,8 @@ def test_redirects_are_failures_and_never_followed(
         job_id = submit(client, receiver.url)
         run_worker()
         receiver.wait(2)
+        log = settled(client, job_id, 2)["data"]  # the second attempt is logged once its answer came back
         assert target.received == []
-        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()["data"]
         assert log[0]["status_code"] == 302 and "redirect" in log[0]["error"] and log[1]["ok"]
 
 
@@ -161,9 +201,9 @@ def test_410_stops_and_retry_after_is_honoured(
         run_worker()
         first, second = slow.wait(2)
         assert second.at - first.at >= 1.9  # Retry-After (2 s) beats the schedule's 0.3 s
-        time.sleep(1.0)
-        assert len(gone.received) == 1
-        assert client.get(f"/v1/jobs/{gone_id}/webhook-deliveries").json()["data"][0]["status_code"] == 410
+        log = settled(client, gone_id, 1)  # nothing pending after the 410: no retry is scheduled
+        assert len(gone.received) == 1 and len(log["data"]) == 1
+        assert log["data"][0]["status_code"] == 410
 
 
 def test_progress_and_started_events_when_asked(
@@ -225,10 +265,7 @@ def test_the_guard_runs_again_at_delivery(
     with Receiver() as receiver, RunningDispatcher(settings, policy=strict):
         job_id = submit(client, receiver.url)
         run_worker()
-        deadline = time.monotonic() + 10
-        while not client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()["data"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        log = client.get(f"/v1/jobs/{job_id}/webhook-deliveries").json()
+        log = settled(client, job_id, 1)
         assert receiver.received == []
         assert log["data"][0]["error"].startswith("refused") and log["pending"] == 0
 
@@ -251,7 +288,7 @@ def test_a_pending_delivery_survives_a_dispatcher_restart(
 
 async def _claim_only(settings: Settings) -> list[str]:
     client = aioredis.Redis.from_url(settings.redis_url)
-    dispatcher = Dispatcher(settings, client, LocalStore(settings.objects_dir, b"k"), lease_seconds=1.0)
+    dispatcher = make_dispatcher(settings, client, lease_seconds=1.0)
     try:
         return await dispatcher.claim(10)
     finally:
@@ -270,6 +307,93 @@ def test_redeliver_sends_the_terminal_event_with_a_new_id(
         first, second = receiver.wait(2)
         assert first.headers["webhook-id"] != second.headers["webhook-id"]
         assert json.loads(second.body)["type"] == "job.succeeded"
-        Webhook(settings.webhook_signing_secret()).verify(second.body, second.headers)
+        Webhook(webhook_signing_secret(settings)).verify(second.body, second.headers)
     no_hook = client.post("/v1/txt2img", json=BODY).json()["id"]
     assert client.post(f"/v1/jobs/{no_hook}/webhook-deliveries/redeliver").status_code == 409
+
+
+def s3_environment(settings: Settings, bucket: str, endpoint: str) -> dict[str, str]:
+    """The environment of a `sdserve webhooks` of these settings on an S3 store (the test credentials are in
+    ``os.environ``: the ``aws_env`` fixture put them there)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDSERVE_")}
+    return env | {
+        "SDSERVE_REDIS_URL": settings.redis_url,
+        "SDSERVE_KEY_PREFIX": settings.key_prefix,
+        "SDSERVE_DATA_DIR": str(settings.data_dir),
+        "SDSERVE_URL_SIGNING_SECRET": "test-secret",
+        "SDSERVE_STORE": "s3",
+        "SDSERVE_S3_BUCKET": bucket,
+        "SDSERVE_S3_PREFIX": "hooks",
+        "SDSERVE_S3_ENDPOINT_URL": endpoint,
+        "SDSERVE_S3_REGION": REGION,
+        "SDSERVE_S3_ADDRESSING_STYLE": "path",
+        "SDSERVE_WEBHOOK_ALLOWED_NETWORKS": ",".join(settings.webhook_allowed_networks),
+        "SDSERVE_DISPATCHER_METRICS_PORT": "0",
+        "SDSERVE_LOG_LEVEL": "info",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def test_the_dispatcher_process_links_to_the_s3_store(
+    nanio_server: S3Server,
+    aws_env: None,
+    settings: Settings,
+    redis_client: redis.Redis,
+    pipelines: Any,
+    tmp_path: Path,
+) -> None:
+    """`sdserve webhooks` with SDSERVE_STORE=s3 (its real start-up, as a process): the webhook of a job a worker
+    ran on the same bucket links to presigned S3 URLs that download. (The dispatcher used to build a local
+    store whatever the settings said, so its links pointed at the gateway, which had no such file: 404.)"""
+    from app.main import create_app
+
+    bucket = nanio_server.new_bucket()
+    env = s3_environment(settings, bucket, nanio_server.endpoint)
+    s3_settings = settings.model_copy(
+        update={
+            "store": "s3",
+            "s3_bucket": bucket,
+            "s3_prefix": "hooks",
+            "s3_endpoint_url": nanio_server.endpoint,
+            "s3_region": REGION,
+            "s3_addressing_style": "path",
+        }
+    )
+    log = tmp_path / "webhooks.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sdserve.cli", "webhooks"], cwd=tmp_path, env=env, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        with (
+            Receiver() as receiver,
+            LiveServer(create_app(s3_settings)) as gateway,
+            httpx.Client(base_url=gateway.url, timeout=30) as client,
+        ):
+            job_id = submit(client, receiver.url, num_images=2)
+            run_burst(s3_settings, redis_client, pipelines)
+            (got,) = receiver.wait(1, timeout=60)  # the process starts (imports) first
+            payload = Webhook(webhook_signing_secret(settings)).verify(got.body, got.headers)
+            assert payload["type"] == "job.succeeded" and payload["data"]["id"] == job_id, payload
+            images = payload["data"]["images"]
+            assert [image["index"] for image in images] == [0, 1]
+            pixels = []
+            for image in images:
+                url = urlsplit(image["url"])
+                assert f"{url.scheme}://{url.netloc}" == nanio_server.endpoint, image["url"]  # the bucket's own
+                assert url.path == f"/{bucket}/hooks/outputs/{job_id}/1/{image['index']}.png"
+                assert "X-Amz-Signature=" in url.query  # presigned (nanio checks the signature)
+                answer = httpx.get(image["url"], timeout=10)
+                assert answer.status_code == 200, answer.text
+                picture = decode(answer.content)
+                assert picture.format == "PNG" and picture.size == (64, 64)
+                pixels.append(picture.convert("RGB").tobytes())
+            assert pixels[0] != pixels[1]  # two images, two seeds
+            assert settled(client, job_id, 1)["data"][0]["ok"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    output = log.read_text(errors="replace")
+    assert code == 0, output
+    assert f"s3://{bucket}/hooks" in output, output  # it said which store it opened

@@ -1,9 +1,10 @@
 """The OpenAPI document is valid, complete, and generates a Python SDK that works on first try.
 
-The SDK test runs openapi-python-client on the live gateway's ``/openapi.json`` into a temporary folder,
-installs the generated package there (``pip install --no-deps --target``), imports it, and drives a real
-txt2img job through it: ``createTxt2ImgJob``, a real worker, ``getJob`` until ``succeeded``, then the
-image download. The generated client is never committed.
+The SDK tests run openapi-python-client on a live gateway's ``/openapi.json`` (once per module) into a temporary
+folder, install the generated package there (``pip install --no-deps --target``) and import it. One test drives a
+real txt2img job through it (``createTxt2ImgJob``, a real worker, ``getJob`` until ``succeeded``, the image
+download); another calls every operation the SDK has, at least once, against a live gateway and a real worker,
+and checks the typed answer (or the documented error type). The generated client is never committed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import pkgutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -26,19 +29,15 @@ from openapi_spec_validator import validate
 from PIL import Image
 
 from sdserve.settings import Settings
-
-pytestmark = pytest.mark.integration
+from tests.conftest import LiveServer
+from tests.images import encode, pattern, rect_mask
 
 PACKAGE = "sdserve_client"
 
-# openapi-python-client knows JSON, text/* and application/octet-stream responses only; result images
-# (image/png, image/jpeg, image/webp) are binary downloads, which is what this mapping tells it.
-# No post hooks: the generated code is not formatted (that would need ruff on the PATH and time).
+# No content-type overrides: the document alone must give the generator what it needs (result files as raw
+# bytes, the event stream as text). No post hooks: the generated code is not formatted (that would need ruff
+# on the PATH and time).
 GENERATOR_CONFIG = """\
-content_type_overrides:
-  image/png: application/octet-stream
-  image/jpeg: application/octet-stream
-  image/webp: application/octet-stream
 post_hooks: []
 """
 
@@ -113,8 +112,8 @@ def test_webhook_payload_schema_is_under_webhooks(settings: Settings) -> None:
 
 
 # --- the generated SDK --------------------------------------------------------------------------------
-def generate_client(openapi_url: str, folder: Path) -> ModuleType:
-    """Generate the SDK from ``openapi_url``, install it under ``folder`` and import it."""
+def generate_client(openapi_url: str, folder: Path) -> None:
+    """Generate the SDK from ``openapi_url`` and install it under ``folder``/site."""
     config = folder / "generator.yaml"
     config.write_text(GENERATOR_CONFIG)
     source = folder / "source"
@@ -133,17 +132,37 @@ def generate_client(openapi_url: str, folder: Path) -> ModuleType:
     )  # fmt: skip
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert (site / PACKAGE / "py.typed").exists()
-    sys.path.insert(0, str(site))
-    try:
-        importlib.invalidate_caches()
-        return importlib.import_module(PACKAGE)
-    finally:
-        sys.path.remove(str(site))
 
 
 @pytest.fixture
-def sdk(gateway: str, tmp_path: Path) -> Iterator[ModuleType]:
-    module = generate_client(f"{gateway}/openapi.json", tmp_path)
+def settings(settings: Settings) -> Settings:
+    """Loopback webhook receivers are allow-listed (so a job here may have a webhook to redeliver)."""
+    return settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.0/8"]})
+
+
+@pytest.fixture(scope="module")
+def sdk_site(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SDK generated from a live gateway's document and installed, once for this module's tests."""
+    from app.main import create_app
+
+    folder = tmp_path_factory.mktemp("sdk")
+    settings = Settings(
+        redis_url=redis_url, key_prefix=f"t{uuid.uuid4().hex[:10]}", data_dir=folder / "data",
+        url_signing_secret="test-secret", _env_file=None,  # type: ignore[arg-type,call-arg]
+    )  # fmt: skip
+    with LiveServer(create_app(settings)) as server:
+        generate_client(f"{server.url}/openapi.json", folder)
+    return folder / "site"
+
+
+@pytest.fixture
+def sdk(sdk_site: Path) -> Iterator[ModuleType]:
+    sys.path.insert(0, str(sdk_site))
+    try:
+        importlib.invalidate_caches()
+        module = importlib.import_module(PACKAGE)
+    finally:
+        sys.path.remove(str(sdk_site))
     try:
         yield module
     finally:
@@ -157,6 +176,7 @@ def test_generated_sdk_drives_a_txt2img_job_to_completion(sdk: ModuleType, gatew
     from sdserve_client.api.images import create_txt_2_img_job
     from sdserve_client.api.jobs import get_job
     from sdserve_client.models import Job, JobStatus, Problem, Txt2ImgRequest
+    from sdserve_client.types import File
 
     assert sdk.__file__ is not None and "site" in Path(sdk.__file__).parts  # the installed copy
     with sdk.Client(base_url=gateway, raise_on_unexpected_status=True, timeout=httpx.Timeout(30)) as api:
@@ -206,13 +226,15 @@ def test_generated_sdk_drives_a_txt2img_job_to_completion(sdk: ModuleType, gatew
             key, client=api, expires=int(query["expires"][0]), signature=query["signature"][0]
         )
         assert through_sdk.status_code == 200 and through_sdk.content == download.content
+        assert isinstance(through_sdk.parsed, File)  # raw bytes, not parsed as anything
+        assert through_sdk.parsed.payload.read() == download.content
 
 
 def test_generated_sdk_reads_every_task_from_the_job_request_union(sdk: ModuleType) -> None:
     """``Job.request`` is a union discriminated on ``task``: the SDK picks the right model for each."""
     from sdserve_client.models import Img2ImgRequest, InpaintRequest, Job, OutpaintRequest, Txt2ImgRequest
 
-    from sdserve.jobs import JOB_EXAMPLE
+    from sdserve.images.view import JOB_EXAMPLE
 
     requests: dict[str, tuple[type[Any], dict[str, Any]]] = {
         "txt2img": (Txt2ImgRequest, {}),
@@ -246,3 +268,199 @@ def test_generated_sdk_uploads_an_image(sdk: ModuleType, gateway: str) -> None:
     assert answer.status_code == 201, answer.content
     assert isinstance(answer.parsed, Upload)
     assert (answer.parsed.width, answer.parsed.height) == (40, 24)
+
+
+def sdk_operations() -> set[str]:
+    """Every operation module of the generated SDK (``<tag>.<operation>``)."""
+    from sdserve_client import api
+
+    found = set()
+    for tag in pkgutil.iter_modules(api.__path__):
+        package = importlib.import_module(f"{api.__name__}.{tag.name}")
+        found |= {f"{tag.name}.{op.name}" for op in pkgutil.iter_modules(package.__path__)}
+    return found
+
+
+def sse_events(text: str) -> list[dict[str, str]]:
+    """The events of a Server-Sent Events body (comments and empty blocks left out)."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            name, sep, value = line.partition(":")
+            if name and sep:
+                fields[name] = fields.get(name, "") + value.removeprefix(" ")
+        if fields:
+            events.append(fields)
+    return events
+
+
+def test_every_operation_of_the_generated_sdk_works(sdk: ModuleType, gateway: str, run_worker: Any) -> None:
+    """Each operation is called at least once through the SDK and answers its documented, typed result."""
+    from sdserve_client import api
+    from sdserve_client.models import (
+        BodyCreateUpload,
+        BodyCreateUploadKind,
+        DeliveryList,
+        Drained,
+        DrainRequest,
+        Health,
+        Img2ImgRequest,
+        InpaintRequest,
+        Job,
+        JobList,
+        JobStatus,
+        LoraList,
+        ModelList,
+        OutpaintRequest,
+        Problem,
+        ProblemType,
+        QueueList,
+        RegistryInfo,
+        SchedulerList,
+        StyleList,
+        Txt2ImgRequest,
+        Upload,
+        WebhookSpec,
+    )
+    from sdserve_client.types import File
+
+    called: set[str] = set()
+
+    def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        """``<tag>.<operation>``'s sync_detailed; the typed answer, with its status."""
+        tag, operation = name.split(".")
+        module = importlib.import_module(f"{api.__name__}.{tag}.{operation}")
+        called.add(name)
+        answer = module.sync_detailed(*args, client=client, **kwargs)
+        return answer.status_code, answer.parsed
+
+    def problem(answer: tuple[int, Any], status: int, slug: str) -> None:
+        code, parsed = answer
+        assert code == status and isinstance(parsed, Problem), answer
+        assert parsed.type_ == f"/problems/{slug}" and parsed.status == status
+
+    def upload(data: bytes, kind: Any) -> Upload:
+        body = BodyCreateUpload(
+            file=File(payload=io.BytesIO(data), file_name="in.png", mime_type="image/png"), kind=kind
+        )
+        code, parsed = call("uploads.create_upload", body=body)
+        assert code == 201 and isinstance(parsed, Upload), parsed
+        return parsed
+
+    def created(name: str, body: Any) -> Job:
+        code, parsed = call(name, body=body)
+        assert code == 202 and isinstance(parsed, Job) and parsed.status is JobStatus.QUEUED, parsed
+        return parsed
+
+    with sdk.Client(base_url=gateway, raise_on_unexpected_status=True, timeout=httpx.Timeout(30)) as client:
+        # Health and catalog.
+        code, health = call("health.get_health")
+        assert code == 200 and isinstance(health, Health) and health.status == "ok"
+        code, ready = call("health.get_readiness")
+        assert code == 200 and isinstance(ready, Health) and ready.checks.to_dict() == {"redis": "ok", "store": "ok"}
+        code, models = call("catalog.list_models")
+        assert code == 200 and isinstance(models, ModelList) and "tiny" in [m.name for m in models.data]
+        code, schedulers = call("catalog.list_schedulers", model="tiny")
+        tiny = next(m for m in models.data if m.name == "tiny")
+        assert code == 200 and isinstance(schedulers, SchedulerList) and schedulers.data == tiny.schedulers
+        problem(call("catalog.list_schedulers", model="sd-nope"), 422, "unknown-name")
+        code, styles = call("catalog.list_styles")
+        assert code == 200 and isinstance(styles, StyleList) and "anime" in [s.name for s in styles.data]
+        code, loras = call("catalog.list_loras")
+        assert code == 200 and isinstance(loras, LoraList) and "tiny-detail" in [lora.name for lora in loras.data]
+        code, explained = call("problems.get_problem_type", "not-found")
+        assert code == 200 and isinstance(explained, ProblemType) and explained.status == 404
+        problem(call("problems.get_problem_type", "no-such-problem"), 404, "not-found")
+
+        # Uploads, then one job of every task.
+        image = upload(encode(pattern(64, 48)), BodyCreateUploadKind.IMAGE)
+        mask = upload(encode(rect_mask(64, 48, (16, 8, 48, 40))), BodyCreateUploadKind.MASK)
+        code, again = call("uploads.get_upload", image.id)
+        assert code == 200 and isinstance(again, Upload) and (again.id, again.width, again.height) == (image.id, 64, 48)
+        problem(call("uploads.get_upload", "upl_0123456789abcdef0123456789abcdef"), 404, "not-found")
+        hook = WebhookSpec(url="http://127.0.0.1:8080/hook")
+        jobs = [
+            created(
+                "images.create_txt_2_img_job", Txt2ImgRequest(prompt="a", width=64, height=64, steps=2, webhook=hook)
+            ),
+            created("images.create_img_2_img_job", Img2ImgRequest(prompt="b", image=image.id, steps=2, strength=0.5)),
+            created("images.create_inpaint_job", InpaintRequest(prompt="c", image=image.id, mask=mask.id, steps=2)),
+            created("images.create_outpaint_job", OutpaintRequest(prompt="d", image=image.id, left=16, steps=2)),
+        ]
+        assert [type(job.request).__name__ for job in jobs] == [
+            "Txt2ImgRequest", "Img2ImgRequest", "InpaintRequest", "OutpaintRequest",
+        ]  # fmt: skip
+
+        # Admin: the queue, paused and resumed; the registry reloaded.
+        code, queues = call("admin.list_queues")
+        assert code == 200 and isinstance(queues, QueueList)
+        assert {q.model: q.waiting for q in queues.data}["tiny"] == 4
+        code, paused = call("admin.pause_queue", "tiny")
+        assert code == 200 and isinstance(paused, QueueList) and {q.model: q.paused for q in paused.data}["tiny"]
+        code, resumed = call("admin.resume_queue", "tiny")
+        assert code == 200 and isinstance(resumed, QueueList) and not {q.model: q.paused for q in resumed.data}["tiny"]
+        problem(call("admin.pause_queue", "sd-nope"), 422, "unknown-name")
+        code, registry = call("admin.reload_registry")
+        assert code == 200 and isinstance(registry, RegistryInfo) and registry.models >= 2 and registry.version >= 1
+
+        run_worker()
+
+        # Jobs: each succeeded, listed, streamed, its files downloaded.
+        done = []
+        for job in jobs:
+            code, current = call("jobs.get_job", job.id)
+            assert code == 200 and isinstance(current, Job) and current.status is JobStatus.SUCCEEDED, current
+            done.append(current)
+        problem(call("jobs.get_job", "01a2141e-8035-722a-ae56-08d956773a95"), 404, "not-found")
+        code, listed = call("jobs.list_jobs", status=JobStatus.SUCCEEDED, limit=10)
+        assert code == 200 and isinstance(listed, JobList)
+        assert {j.id for j in listed.data} == {j.id for j in jobs} and listed.next_cursor is None
+
+        first = done[0]
+        for url, expect in ((first.images[0].url, "png"), (first.manifest_url, "manifest")):
+            parts = urlsplit(url)
+            query = parse_qs(parts.query)
+            key = parts.path.removeprefix("/v1/files/")
+            code, file = call("files.get_file", key, expires=int(query["expires"][0]), signature=query["signature"][0])
+            assert code == 200 and isinstance(file, File), file
+            data = file.payload.read()
+            if expect == "png":
+                assert Image.open(io.BytesIO(data)).size == (64, 64)
+            else:
+                assert json.loads(data)["job_id"] == first.id
+        problem(call("files.get_file", key, expires=int(query["expires"][0]), signature="0" * 64), 403, "forbidden")
+
+        code, stream = call("jobs.stream_job_events", first.id)
+        assert code == 200 and isinstance(stream, str), stream  # the stream's text
+        events = sse_events(stream)
+        assert [e["event"] for e in events][:2] == ["queued", "started"] and events[-1]["event"] == "succeeded"
+        assert json.loads(events[-1]["data"])["job"]["id"] == first.id
+        code, resumed_stream = call("jobs.stream_job_events", first.id, last_event_id=events[-2]["id"])
+        assert code == 200 and [e["event"] for e in sse_events(resumed_stream)] == ["succeeded"]
+
+        # Webhook deliveries: listed, the terminal one queued again; a job without a webhook has none to redeliver.
+        code, deliveries = call("jobs.list_webhook_deliveries", first.id)
+        assert code == 200 and isinstance(deliveries, DeliveryList) and deliveries.data == []
+        code, redelivered = call("jobs.redeliver_webhook", first.id)
+        assert code == 202 and isinstance(redelivered, DeliveryList) and redelivered.pending > deliveries.pending
+        problem(call("jobs.redeliver_webhook", done[1].id), 409, "conflict")
+
+        # Cancel (a queued job, and an ended one: unchanged) and delete.
+        queued = created("images.create_txt_2_img_job", Txt2ImgRequest(prompt="never run", width=64, height=64))
+        code, canceled = call("jobs.cancel_job", queued.id)
+        assert code == 200 and isinstance(canceled, Job) and canceled.status is JobStatus.CANCELED
+        code, unchanged = call("jobs.cancel_job", first.id)
+        assert code == 200 and isinstance(unchanged, Job) and unchanged.status is JobStatus.SUCCEEDED
+        code, deleted = call("jobs.delete_job", done[1].id)
+        assert code == 204 and deleted is None
+        code, purged = call("jobs.get_job", done[1].id)
+        assert code == 200 and isinstance(purged, Job) and purged.purged and purged.images == []
+
+        # Metrics, and a drain (no worker is live after its burst: nobody to tell).
+        code, metrics = call("health.get_metrics")
+        assert code == 200 and isinstance(metrics, str) and "sdserve_" in metrics
+        code, drained = call("admin.drain_workers", body=DrainRequest(model="tiny"))
+        assert code == 200 and isinstance(drained, Drained) and drained.workers == []
+
+    assert called == sdk_operations()  # every operation the SDK has, none left out

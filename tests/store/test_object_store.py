@@ -18,10 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from sdserve.errors import InvalidRequest, NotFound, Unavailable
-from sdserve.s3store import MAX_URL_SECONDS, S3Store, open_store
+from sdserve.contract.problems import InvalidRequest, NotFound, Unavailable
+from sdserve.secrets import url_signing_key
 from sdserve.settings import Settings
-from sdserve.store import LocalStore, ObjectStore, check_key, input_key, output_key
+from sdserve.storage.base import ObjectStore, attempt_prefix, check_key, input_key, outputs_prefix
+from sdserve.storage.factory import open_store
+from sdserve.storage.local import LocalStore
+from sdserve.storage.s3 import MAX_URL_SECONDS, S3Store
 from tests.conftest import free_port
 from tests.store.conftest import REGION, S3Server
 
@@ -54,7 +57,7 @@ def s3_store(server: S3Server, bucket: str, **kwargs: object) -> S3Store:
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "local":
         settings: Settings = request.getfixturevalue("settings")  # the gateway serves this folder and key
-        yield Backend("local", LocalStore(settings.objects_dir, settings.signing_key()), True, request)
+        yield Backend("local", LocalStore(settings.objects_dir, url_signing_key(settings)), True, request)
         return
     request.getfixturevalue("aws_env")
     server: S3Server = request.getfixturevalue(request.param.removeprefix("s3-") + "_server")
@@ -64,6 +67,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 
 def job_id() -> str:
     return str(uuid.uuid4())
+
+
+def output_key(job: str, name: str, attempt: int = 1) -> str:
+    """Where a run of a job writes one of its outputs (``outputs/<job>/<attempt>/<name>``)."""
+    return f"{attempt_prefix(job, attempt)}/{name}"
 
 
 # --- the ObjectStore contract, on every store ------------------------------------------------------
@@ -91,10 +99,22 @@ def test_delete_prefix_removes_only_that_job(backend: Backend) -> None:
     others = [output_key(job + "0", "0.png"), input_key(job, "init.png")]  # a longer id; the inputs
     for key in mine + others:
         backend.store.put(key, key.encode(), "application/octet-stream")
-    assert backend.store.delete_prefix(f"outputs/{job}") == 3
+    assert backend.store.delete_prefix(outputs_prefix(job)) == 3
     assert not any(backend.store.exists(key) for key in mine)
     assert all(backend.store.get(key) == key.encode() for key in others)
-    assert backend.store.delete_prefix(f"outputs/{job}/") == 0  # idempotent; a trailing slash is fine
+    assert backend.store.delete_prefix(f"{outputs_prefix(job)}/") == 0  # idempotent; a trailing slash is fine
+
+
+def test_delete_prefix_of_one_run_keeps_the_other_runs(backend: Backend) -> None:
+    job = job_id()
+    superseded = [output_key(job, "0.png", attempt=1), output_key(job, "manifest.json", attempt=1)]
+    others = [output_key(job, "0.png", attempt=2), output_key(job, "0.png", attempt=12)]  # 12 starts with 1
+    for key in superseded + others:
+        backend.store.put(key, key.encode(), "application/octet-stream")
+    assert backend.store.delete_prefix(attempt_prefix(job, 1)) == 2
+    assert not any(backend.store.exists(key) for key in superseded)
+    assert all(backend.store.get(key) == key.encode() for key in others)
+    assert backend.store.delete_prefix(outputs_prefix(job)) == 2
 
 
 @pytest.mark.parametrize("key", BAD_KEYS)
@@ -203,10 +223,10 @@ def test_prefix_keeps_deployments_apart(server_name: str, request: pytest.Fixtur
     one.put(output_key(job, "0.png"), b"1", "image/png")
     two.put(output_key(job, "0.png"), b"2", "image/png")
     assert (one.get(output_key(job, "0.png")), two.get(output_key(job, "0.png"))) == (b"1", b"2")
-    assert one.delete_prefix(f"outputs/{job}") == 1
+    assert one.delete_prefix(outputs_prefix(job)) == 1
     assert two.exists(output_key(job, "0.png"))
     names = [item["Key"] for item in server.admin().list_objects_v2(Bucket=bucket).get("Contents", [])]
-    assert f"two/nested/outputs/{job}/0.png" in names
+    assert f"two/nested/outputs/{job}/1/0.png" in names
     assert not any(name.startswith("one/outputs/") for name in names)
 
 

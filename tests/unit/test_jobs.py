@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sdserve.jobs import JobStatus
-from sdserve.limits import MAX_PIXELS, SCHEDULER_NAMES
-from sdserve.tasks import Txt2ImgRequest
+from sdserve.contract.lifecycle import JobStatus
+from sdserve.contract.limits import MAX_PIXELS, SCHEDULER_NAMES
+from sdserve.images.requests import Txt2ImgRequest
 
 
 def test_defaults_are_unresolved_until_the_gateway_fills_them() -> None:

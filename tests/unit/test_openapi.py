@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,46 @@ def test_every_operation_has_an_example(document: dict[str, Any]) -> None:
             for media in response.get("content", {}).values():
                 found = found or _has_example(document, media.get("schema", {}))
         assert found, (method, path)
+
+
+SIGNED_FILES = "/v1/files/"
+"""Signed downloads: no API key (the signature is the credential); their 403 is a bad or expired signature."""
+
+
+def _keyed_document(tmp_path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256(b"sk_test").hexdigest()
+    settings = Settings(data_dir=tmp_path, api_keys=[f"acme:{digest}:jobs"], _env_file=None)  # type: ignore[call-arg]
+    return create_app(settings).openapi()
+
+
+def test_open_mode_documents_no_security(document: dict[str, Any]) -> None:
+    """No keys configured (a loopback gateway): nothing asks for a key, no operation answers 401 or 403."""
+    assert "securitySchemes" not in document.get("components", {})
+    assert "security" not in document
+    for path, method, op in operations(document):
+        assert "security" not in op, (method, path)
+        assert "401" not in op["responses"], (method, path)
+        if not path.startswith(SIGNED_FILES):
+            assert "403" not in op["responses"], (method, path)
+
+
+def test_keyed_mode_documents_the_api_key_on_every_v1_operation(tmp_path: Path) -> None:
+    doc = _keyed_document(tmp_path)
+    assert doc["components"]["securitySchemes"] == {
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`sk_…`) as `Authorization: Bearer <key>`.",
+        }
+    }
+    secured = 0
+    for path, method, op in operations(doc):
+        if path.startswith("/v1/") and not path.startswith(SIGNED_FILES):
+            assert op.get("security") == [{"apiKey": []}], (method, path)
+            assert {"401", "403"} <= set(op["responses"]), (method, path)
+            assert "application/problem+json" in op["responses"]["401"]["content"], (method, path)
+            secured += 1
+        else:
+            assert "security" not in op, (method, path)
+            assert "401" not in op["responses"], (method, path)
+    assert secured >= 10  # the create, job, upload, catalog and admin operations

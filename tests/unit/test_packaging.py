@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import tomllib
 from pathlib import Path
+
+import sdserve.cli.main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,4 +25,13 @@ def test_gateway_extra_needs_no_torch() -> None:
     assert {"fastapi", "uvicorn"} <= gateway
     assert {"torch", "diffusers", "transformers", "safetensors"} <= worker
     assert "fastapi" not in worker
-    assert project["scripts"]["sdserve"] == "sdserve.cli:main"
+    assert project["scripts"]["sdserve"] == "sdserve.cli.main:main"
+
+
+def test_the_console_script_names_a_function() -> None:
+    """`sdserve` runs ``module:attr``: the attribute must be the command's function, not a module."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = scripts["sdserve"].partition(":")
+    entry = getattr(importlib.import_module(module), attr)
+    assert inspect.isfunction(entry)
+    assert entry is sdserve.cli.main.main

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from sdserve.errors import UnknownName
+from app.images.resolve import check_request, resolve_request
+from sdserve.contract.problems import UnknownName
+from sdserve.images.requests import AnyRequest, Txt2ImgRequest
 from sdserve.registry import Registry
-from sdserve.resolve import resolve_request
-from sdserve.tasks import Txt2ImgRequest
+
+
+def resolve(request: AnyRequest, registry: Registry) -> AnyRequest:
+    """What the gateway does with a txt2img request: check it, then fill in every default."""
+    return resolve_request(request, check_request(request, registry), registry)
 
 
 def test_defaults_come_from_the_model() -> None:
-    out = resolve_request(Txt2ImgRequest(prompt="a cat"), Registry.load(None))
+    out = resolve(Txt2ImgRequest(prompt="a cat"), Registry.load(None, "tiny"))
     assert (out.model, out.width, out.height, out.steps, out.guidance_scale, out.scheduler) == (
         "tiny",
         256,
@@ -24,9 +29,9 @@ def test_defaults_come_from_the_model() -> None:
 
 
 def test_explicit_values_win_and_random_seeds_differ() -> None:
-    reg = Registry.load(None)
+    reg = Registry.load(None, "tiny")
     req = Txt2ImgRequest(prompt="a", width=64, height=128, steps=3, guidance_scale=0, scheduler="ddim", seed=0)
-    out = resolve_request(req, reg)
+    out = resolve(req, reg)
     assert (out.width, out.height, out.steps, out.guidance_scale, out.scheduler, out.seed) == (
         64,
         128,
@@ -35,11 +40,11 @@ def test_explicit_values_win_and_random_seeds_differ() -> None:
         "ddim",
         0,
     )
-    seeds = {resolve_request(Txt2ImgRequest(prompt="a"), reg).seed for _ in range(20)}
+    seeds = {resolve(Txt2ImgRequest(prompt="a"), reg).seed for _ in range(20)}
     assert len(seeds) > 15
 
 
 @pytest.mark.parametrize("field", [{"model": "nope"}, {"style": "nope"}, {"loras": [{"name": "nope"}]}])
 def test_unknown_names(field: dict[str, object]) -> None:
     with pytest.raises(UnknownName):
-        resolve_request(Txt2ImgRequest.model_validate({"prompt": "a", **field}), Registry.load(None))
+        resolve(Txt2ImgRequest.model_validate({"prompt": "a", **field}), Registry.load(None, "tiny"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sdserve.secrets import url_signing_key
 from sdserve.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,12 +33,12 @@ def test_bad_values_are_refused() -> None:
 
 def test_signing_key_is_generated_once_and_kept(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
-    first = s.signing_key()
-    assert first == Settings(data_dir=tmp_path, _env_file=None).signing_key()  # type: ignore[call-arg]
+    first = url_signing_key(s)
+    assert first == url_signing_key(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
     assert len(first) >= 32
     assert (tmp_path / "url-signing.key").stat().st_mode & 0o777 == 0o600
     explicit = Settings(data_dir=tmp_path, url_signing_secret="s3cret", _env_file=None)  # type: ignore[arg-type, call-arg]
-    assert explicit.signing_key() == b"s3cret"
+    assert url_signing_key(explicit) == b"s3cret"
 
 
 def test_readme_documents_every_setting() -> None:

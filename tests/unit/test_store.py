@@ -8,8 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from sdserve.errors import InvalidRequest, NotFound
-from sdserve.store import LocalStore, check_key, output_key
+from sdserve.contract.problems import InvalidRequest, NotFound
+from sdserve.storage.base import attempt_prefix, check_key, outputs_prefix
+from sdserve.storage.local import LocalStore
 
 
 @pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/../b", "", "a/", ".hidden", "a\\b", "a b"])
@@ -20,13 +21,15 @@ def test_unsafe_keys_are_refused(key: str) -> None:
 
 def test_put_get_overwrite_delete(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    key = output_key("job1", "0.png")
+    key = f"{attempt_prefix('job1', 1)}/0.png"
+    assert key == "outputs/job1/1/0.png"
     store.put(key, b"one", "image/png")
     store.put(key, b"two", "image/png")
     assert store.get(key) == b"two"
     assert store.exists(key)
-    assert [p.name for p in (tmp_path / "outputs/job1").iterdir()] == ["0.png"]  # no temp files left
-    assert store.delete_prefix("outputs/job1") == 1
+    assert [p.name for p in (tmp_path / "outputs/job1/1").iterdir()] == ["0.png"]  # no temp files left
+    assert store.delete_prefix(outputs_prefix("job1")) == 1
+    assert not (tmp_path / "outputs/job1").exists()
     with pytest.raises(NotFound):
         store.get(key)
 

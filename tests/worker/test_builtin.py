@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from worker.builtin import ensure_builtin, tiny_tokenizer_files
+from worker.models.builtin import ensure_builtin, tiny_tokenizer_files
 
 
 def _digest(folder: Path) -> str:

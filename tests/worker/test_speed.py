@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from sdserve.registry import Registry
+from sdserve.registry import Registry, RegistryHolder
 from sdserve.settings import Settings
-from worker.device import DeviceConfig
-from worker.pipelines import PipelineCache
-from worker.speed import SpeedOptions, is_fused
+from worker.models.device import DeviceConfig
+from worker.models.pipelines import PipelineCache
+from worker.models.speed import SpeedOptions, is_fused
 
 
 def generate(model: Any, size: int = 64) -> np.ndarray:
@@ -28,8 +28,10 @@ def generate(model: Any, size: int = 64) -> np.ndarray:
 def caches(tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineCache, PipelineCache]:
     folder = Path(tmp_path_factory.mktemp("speed"))
     device = DeviceConfig.from_settings(Settings(device="cpu", _env_file=None))  # type: ignore[call-arg]
-    plain = PipelineCache(Registry.load(None), device, folder)
-    fused = PipelineCache(Registry.load(None), device, folder, speed=SpeedOptions(fuse_qkv=True))
+    plain = PipelineCache(RegistryHolder(lambda: Registry.load(None, "tiny")), device, folder)
+    fused = PipelineCache(
+        RegistryHolder(lambda: Registry.load(None, "tiny")), device, folder, speed=SpeedOptions(fuse_qkv=True)
+    )
     return plain, fused
 
 
@@ -45,11 +47,11 @@ def test_a_lora_on_a_fused_model_applies_and_the_fusion_comes_back(caches: tuple
     registry = fused.registry
     for cache in (plain, fused):
         model = cache.load("tiny")
-        assert model.adapters is not None
-        model.adapters.activate([(registry.lora("tiny-detail"), 1.0)])
+        assert model.loras is not None
+        model.loras.activate([(registry.lora("tiny-detail"), 1.0)])
     with_lora = [generate(cache.load("tiny")) for cache in (plain, fused)]
     for cache in (plain, fused):
-        cache.load("tiny").adapters.reset()  # type: ignore[union-attr]
+        cache.load("tiny").loras.reset()  # type: ignore[union-attr]
     assert np.abs(with_lora[0] - with_lora[1]).max() < 1e-4  # the LoRA really applied on the fused model
     assert is_fused(fused.load("tiny").pipe)
     assert np.abs(generate(plain.load("tiny")) - generate(fused.load("tiny"))).max() < 1e-4
@@ -58,7 +60,7 @@ def test_a_lora_on_a_fused_model_applies_and_the_fusion_comes_back(caches: tuple
 def test_vae_tiling_only_above_its_threshold(
     caches: tuple[PipelineCache, PipelineCache], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.generation import decode_latents
+    from worker.images.generation import decode_latents
 
     model = caches[0].load("tiny")
     calls: list[str] = []

@@ -65,7 +65,8 @@ def long_prompt_embeddings(pipe: Any, prompts: list[str], negatives: list[str], 
 
     positive = [embed(p) for p in prompts]
     negative = [embed(n) for n in negatives]
-    padded = compel.pad_conditioning_tensors_to_same_length([*positive, *negative])
+    # Shorter prompts are padded with the empty prompt's embedding, one encoder window at a time.
+    padded = compel.pad_conditioning_tensors_to_same_length([*positive, *negative], precomputed_padding=embed(""))
     prompt_embeds = torch.cat(padded[: len(prompts)])
     negative_embeds = torch.cat(padded[len(prompts) :])
     args: dict[str, Any] = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
