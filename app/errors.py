@@ -76,9 +76,9 @@ class Problem(BaseModel):
 HTTP_PROBLEMS: dict[int, ProblemType] = {
     t.status: t
     for t in (
-        p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.METHOD_NOT_ALLOWED, p.NOT_ACCEPTABLE, p.CONFLICT,
-        p.PAYLOAD_TOO_LARGE, p.UNSUPPORTED_MEDIA_TYPE, p.VALIDATION_ERROR, p.RATE_LIMITED, p.INTERNAL, p.UNAVAILABLE,
-        p.STORAGE_FULL,
+        p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.METHOD_NOT_ALLOWED, p.NOT_ACCEPTABLE,
+        p.REQUEST_TIMEOUT, p.CONFLICT, p.PAYLOAD_TOO_LARGE, p.UNSUPPORTED_MEDIA_TYPE, p.VALIDATION_ERROR,
+        p.RATE_LIMITED, p.INTERNAL, p.UNAVAILABLE, p.STORAGE_FULL,
     )
 }  # fmt: skip
 
@@ -148,10 +148,31 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+POOL_EXHAUSTED = "No connection available."
+"""What redis-py's blocking pool raises when every connection stayed busy for the pool's timeout."""
+
+
 async def _on_redis_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, redis.exceptions.ConnectionError) and str(exc) == POOL_EXHAUSTED:
+        log.warning("every Redis connection is busy: answering overloaded")
+        detail = "every connection to the job store is busy: the gateway is at capacity; retry shortly"
+        return problem_response(request, p.OVERLOADED, detail, headers={"Retry-After": "1"})
     log.warning("redis unavailable: %s", exc)
     detail = "the job store (Redis) is unreachable; retry shortly"
     return problem_response(request, p.UNAVAILABLE, detail, headers={"Retry-After": "2"})
+
+
+async def _on_redis_reply_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_out_of_memory(exc):
+        log.warning("redis is out of memory: %s", exc)
+        detail = "the job store (Redis) is full and refuses writes; nothing was created; retry later"
+        return problem_response(request, p.UNAVAILABLE, detail, headers={"Retry-After": "30"})
+    return await _on_unexpected(request, exc)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a write for lack of memory (maxmemory with noeviction), in a script or not."""
+    return isinstance(exc, redis.exceptions.ResponseError) and "OOM" in str(exc)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -167,6 +188,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(redis.exceptions.ConnectionError, _on_redis_error)
     app.add_exception_handler(redis.exceptions.TimeoutError, _on_redis_error)
+    app.add_exception_handler(redis.exceptions.ResponseError, _on_redis_reply_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 
 import redis
 import redis.asyncio as aioredis
+import redis.exceptions
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from app.access.auth import require
 from app.access.idempotency import Idempotency
@@ -24,12 +27,14 @@ from app.middleware import (
     AccessLogMiddleware,
     BodyLimitMiddleware,
     CallerHeadersMiddleware,
+    DuplicateKeysMiddleware,
     JsonBodyMiddleware,
     RequestIdMiddleware,
 )
 from app.openapi import build as build_openapi
 from app.openapi import document_webhooks
 from app.routes import admin, catalog, docs, files, health, playground, problems
+from app.server import BodyTimeoutMiddleware, server_options
 from app.state import GatewayState
 from app.uploads import routes as uploads
 from app.uploads.store import Uploads
@@ -64,13 +69,20 @@ BUILTIN_GATEWAY_KINDS: tuple[GatewayKind, ...] = (IMAGES,)
 def build_state(settings: Settings, kinds: Sequence[GatewayKind]) -> GatewayState:
     """Open the gateway's clients (lazily: nothing connects until the first call)."""
     timeout = settings.redis_timeout_seconds
-    client = aioredis.Redis.from_url(
+    # A bounded pool that requests wait on (a burst never opens a connection storm), and one retry of a
+    # command that met a connection dropped by a Redis restart (the accept script is safe to retry: a job
+    # whose record exists already is not written twice).
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_seconds,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
-        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[redis.exceptions.ConnectionError],
     )
+    client = aioredis.Redis(connection_pool=pool)
     rq_connection = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     keys = Keys(settings.key_prefix)
     store = open_store(settings, signing_key=url_signing_key(settings))
@@ -148,6 +160,7 @@ def create_app(settings: Settings | None = None, kinds: Sequence[GatewayKind] = 
         app.include_router(module.router)
     document_webhooks(app, [k.kind for k in kinds])
     app.openapi = lambda: build_openapi(app, secured=not open_mode)  # type: ignore[method-assign]
+    app.add_middleware(DuplicateKeysMiddleware)
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, limits={"/v1/uploads": uploads.UPLOAD_BODY_LIMIT}
@@ -168,6 +181,7 @@ def create_app(settings: Settings | None = None, kinds: Sequence[GatewayKind] = 
     app.add_middleware(CallerHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware, metrics=state.metrics)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout_seconds)
     return app
 
 
@@ -194,4 +208,5 @@ def serve(settings: Settings) -> None:
         access_log=False,
         server_header=False,
         proxy_headers=False,
+        **server_options(settings.header_timeout_seconds),
     )

@@ -11,12 +11,13 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.deps import CALLER, REQUEST_ID, Caller
-from sdserve.contract.problems import PAYLOAD_TOO_LARGE
+from sdserve.contract.problems import PAYLOAD_TOO_LARGE, VALIDATION_ERROR, ProblemType
 from sdserve.observe.logs import bind
 from sdserve.observe.metrics import Metrics
 
@@ -136,6 +137,73 @@ class JsonBodyMiddleware:
         await self.app(scope, receive, send)
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names a key twice."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(key)
+        seen[key] = value
+    return seen
+
+
+class DuplicateKeysMiddleware:
+    """Refuse a JSON body that names a key twice (422), instead of reading the last one as JSON parsers do.
+
+    A proxy or a WAF in front of sdserve may read the first of two equal keys: both must see the same request.
+    Runs inside the body limit, so at most the limit is buffered; a body that is not JSON at all is left to
+    the endpoint, which answers it as usual.
+    """
+
+    def __init__(self, app: ASGIApp, prefixes: tuple[str, ...] = ("/v1/",)) -> None:
+        self.app = app
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        if not scope["path"].startswith(self.prefixes) or not ctype.startswith(b"application/json"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            json.loads(body, object_pairs_hook=_refuse_duplicates)
+        except DuplicateKeyError as exc:
+            error = {"field": f"body.{exc.path}", "message": "appears twice", "type": "duplicate_key"}
+            detail = f"body: the key {exc.path!r} appears twice"
+            await _send_problem(scope, send, 422, VALIDATION_ERROR, detail, [error])
+            return
+        except ValueError:
+            pass  # not JSON: the endpoint refuses it in its own words
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over a limit with a 413 problem, whether or not they declare a length.
 
@@ -178,26 +246,28 @@ def _too_large_detail(limit: int) -> str:
 
 
 async def _send_too_large(scope: Scope, send: Send, limit: int) -> None:
+    await _send_problem(scope, send, 413, PAYLOAD_TOO_LARGE, _too_large_detail(limit), close=True)
+
+
+async def _send_problem(
+    scope: Scope,
+    send: Send,
+    status: int,
+    problem: ProblemType,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    *,
+    close: bool = False,
+) -> None:
+    """Answer with a problem+json before the app has seen the request."""
     body = json.dumps(
         {
-            "type": PAYLOAD_TOO_LARGE.type,
-            "title": PAYLOAD_TOO_LARGE.title,
-            "status": PAYLOAD_TOO_LARGE.status,
-            "detail": _too_large_detail(limit),
-            "instance": scope["path"],
-            "request_id": scope.get(REQUEST_ID),
-            "errors": [],
+            "type": problem.type, "title": problem.title, "status": status, "detail": detail,
+            "instance": scope["path"], "request_id": scope.get(REQUEST_ID), "errors": errors or [],
         }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    ).encode()  # fmt: skip
+    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -86,10 +86,18 @@ class Settings(BaseSettings):
     """How long job records stay in Redis after they are created."""
     max_body_bytes: int = Field(default=40 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024)
     """Largest request body the gateway reads (413 beyond); large images go through POST /v1/uploads."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """A request's line and headers must arrive within this (else the connection is closed)."""
+    body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """A request's body must arrive within this (else 408 and the connection is closed)."""
     upload_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     """How long an upload id stays usable in new jobs."""
     redis_timeout_seconds: float = Field(default=1.5, gt=0, le=10)
     """Socket timeout for the gateway's Redis calls, so a Redis outage answers 503 instead of hanging."""
+    redis_max_connections: int = Field(default=64, ge=4, le=10_000)
+    """Connections one gateway process keeps to Redis; requests beyond wait for a free one."""
+    redis_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """How long a request waits for a free Redis connection before it is answered 503 `overloaded`."""
 
     api_keys_file: Path | None = None
     """TOML file of API keys (their SHA-256, scopes, limits): see `sdserve keys new`."""

@@ -18,6 +18,9 @@ import redis.asyncio as aioredis
 from sdserve.contract.lifecycle import JobEvent
 from sdserve.replies import text
 
+BLOCK_SECONDS = 0.5
+"""Longest blocking read of a stream (a third of the gateway's default Redis socket timeout)."""
+
 
 @dataclass(frozen=True)
 class Event:
@@ -76,7 +79,8 @@ async def follow(
     while deadline is None or time.monotonic() < deadline:
         events = await read_events(client, stream, after=after)
         if not events:
-            wait = 1.0 if deadline is None else max(0.001, min(1.0, deadline - time.monotonic()))
+            # Blocking reads stay well inside the client's socket timeout, even on a busy machine.
+            wait = BLOCK_SECONDS if deadline is None else max(0.001, min(BLOCK_SECONDS, deadline - time.monotonic()))
             events = await read_events(client, stream, after=after, block_ms=max(1, int(wait * 1000)))
         if not events and ended is not None and await ended():
             events = await read_events(client, stream, after=after)  # the end may have just landed

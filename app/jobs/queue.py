@@ -102,7 +102,7 @@ class _GroupCommit:
             start += len(commands)
             if future.done():
                 continue
-            error = next((r for r in mine if isinstance(r, Exception)), None)
+            error = next((r for r in mine if isinstance(r, Exception)), None)  # 'replayed' jobs carry no error
             if error is not None:
                 future.set_exception(error)
             else:
@@ -233,6 +233,8 @@ class JobQueue:
         batch.ltrim(k.bell(job.queue), 0, 0)
         commands = [args for args, _ in batch.command_stack]
         now, results = await self._commits.apply(commands)
+        if text(results[0]) == "replayed":  # a retry of this very submit, after its reply was lost
+            return Submitted(await self.get(job.job_id), None)
         position = None
         for args, result in zip(commands, results, strict=True):
             if args[0] == "RPUSH" and args[1] == rq_queue.key:  # RQ appended to the tail: the new length says where

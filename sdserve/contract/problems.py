@@ -118,6 +118,10 @@ UNUSABLE_INPUT = problem(
     "An upload id that is unknown, expired, belongs to another API key, or was an input of a job that has been "
     "deleted. Upload the file again and use the new id.",
 )  # fmt: skip
+REQUEST_TIMEOUT = problem(
+    "request-timeout", 408, "The request took too long to arrive",
+    "The client sent its request body too slowly; the connection was closed. Send it again at a normal pace.",
+)  # fmt: skip
 PAYLOAD_TOO_LARGE = problem(
     "payload-too-large", 413, "Request body too large",
     "The body is over the gateway's limit. Send large images through POST /v1/uploads and refer to them by id.",

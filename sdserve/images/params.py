@@ -26,7 +26,7 @@ class LoraRef(Strict):
 
     name: Name = Field(description="LoRA name, as listed by `GET /v1/loras`.")
     scale: float | None = Field(
-        default=None, ge=-2.0, le=2.0, description="LoRA strength; default: the LoRA's own default."
+        strict=True, default=None, ge=-2.0, le=2.0, description="LoRA strength; default: the LoRA's own default."
     )
 
 
@@ -36,7 +36,7 @@ class OutputOptions(Strict):
     format: Literal["png", "jpeg", "webp"] = Field(
         default="png", description="Image format. PNG carries the generation parameters in a text chunk."
     )
-    quality: int = Field(default=90, ge=1, le=100, description="JPEG/WEBP quality (ignored for PNG).")
+    quality: int = Field(strict=True, default=90, ge=1, le=100, description="JPEG/WEBP quality (ignored for PNG).")
 
 
 class GenerationParams(Strict):
@@ -48,6 +48,7 @@ class GenerationParams(Strict):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
     width: int | None = Field(
+        strict=True,
         default=None,
         ge=MIN_SIDE,
         le=MAX_SIDE,
@@ -56,6 +57,7 @@ class GenerationParams(Strict):
         "Default: the model's native size.",
     )
     height: int | None = Field(
+        strict=True,
         default=None,
         ge=MIN_SIDE,
         le=MAX_SIDE,
@@ -63,11 +65,12 @@ class GenerationParams(Strict):
         description=f"Image height in pixels, a multiple of 8; width × height ≤ {MAX_PIXELS:,}. "
         "Default: the model's native size.",
     )
-    num_images: int = Field(default=1, ge=1, le=MAX_IMAGES, description="How many images to generate.")
+    num_images: int = Field(strict=True, default=1, ge=1, le=MAX_IMAGES, description="How many images to generate.")
     steps: int | None = Field(
-        default=None, ge=1, le=MAX_STEPS, description="Denoising steps; default: the model's default."
+        strict=True, default=None, ge=1, le=MAX_STEPS, description="Denoising steps; default: the model's default."
     )
     guidance_scale: float | None = Field(
+        strict=True,
         default=None,
         ge=0.0,
         le=30.0,
@@ -75,6 +78,7 @@ class GenerationParams(Strict):
     )
     scheduler: SchedulerName | None = Field(default=None, description="Sampler; default: the model's default.")
     seed: int | None = Field(
+        strict=True,
         default=None,
         ge=0,
         le=MAX_SEED,

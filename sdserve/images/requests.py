@@ -37,7 +37,9 @@ ImageInput = Annotated[
 
 Strength = Annotated[
     float,
-    Field(gt=0.0, le=1.0, description="How far to depart from the input: near 0 keeps it, 1 repaints fully."),
+    Field(
+        strict=True, gt=0.0, le=1.0, description="How far to depart from the input: near 0 keeps it, 1 repaints fully."
+    ),
 ]
 
 _SIZE_SET_BY_IMAGE = (
@@ -85,12 +87,12 @@ class Img2ImgRequest(GenerationParams):
         "it to cover the size and cuts the overflow (centred), `fill` scales it to fit inside and fills the rest "
         "with its blurred edges.",
     )
-    width: int | None = Field(
+    width: int | None = Field(strict=True,
         default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8,
         description=f"Output width, a multiple of 8; width × height ≤ {MAX_PIXELS:,}. Default: the image's width "
         "rounded to the nearest multiple of 8.",
     )  # fmt: skip
-    height: int | None = Field(
+    height: int | None = Field(strict=True,
         default=None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8,
         description=f"Output height, a multiple of 8; width × height ≤ {MAX_PIXELS:,}. Default: the image's "
         "height rounded to the nearest multiple of 8.",
@@ -133,8 +135,11 @@ class InpaintRequest(GenerationParams):
         default="mask",
         description="`alpha`: repaint where the image is transparent (alpha < 128); no `mask`.",
     )
-    mask_grow: int = Field(default=0, ge=0, le=MAX_MASK_GROW, description="Grow (dilate) the mask by this many px.")
+    mask_grow: int = Field(
+        strict=True, default=0, ge=0, le=MAX_MASK_GROW, description="Grow (dilate) the mask by this many px."
+    )
     mask_blur: int = Field(
+        strict=True,
         default=4,
         ge=0,
         le=MAX_MASK_BLUR,
@@ -147,14 +152,15 @@ class InpaintRequest(GenerationParams):
         "inpaints that crop at the model's working size and pastes it back.",
     )
     padding: int = Field(
+        strict=True,
         default=32,
         ge=0,
         le=MAX_INPAINT_PADDING,
         description="Context around the mask for `inpaint_area: masked`.",
     )
     return_mask: bool = Field(default=False, description="Also return the final mask actually used (`mask_url`).")
-    width: int | None = Field(default=None, description=_SIZE_SET_BY_IMAGE.format(dim="width", extra=""))
-    height: int | None = Field(default=None, description=_SIZE_SET_BY_IMAGE.format(dim="height", extra=""))
+    width: int | None = Field(strict=True, default=None, description=_SIZE_SET_BY_IMAGE.format(dim="width", extra=""))
+    height: int | None = Field(strict=True, default=None, description=_SIZE_SET_BY_IMAGE.format(dim="height", extra=""))
 
     model_config = ConfigDict(
         extra="forbid",
@@ -192,16 +198,18 @@ class OutpaintRequest(GenerationParams):
 
     task: Literal["outpaint"] = Field(default="outpaint", description="Always `outpaint` on this endpoint.")
     image: ImageInput
-    left: int = Field(default=0, ge=0, le=MAX_OUTPAINT_MARGIN, description="Pixels to add on the left.")
-    right: int = Field(default=0, ge=0, le=MAX_OUTPAINT_MARGIN, description="Pixels to add on the right.")
-    top: int = Field(default=0, ge=0, le=MAX_OUTPAINT_MARGIN, description="Pixels to add at the top.")
-    bottom: int = Field(default=0, ge=0, le=MAX_OUTPAINT_MARGIN, description="Pixels to add at the bottom.")
+    left: int = Field(strict=True, default=0, ge=0, le=MAX_OUTPAINT_MARGIN, description="Pixels to add on the left.")
+    right: int = Field(strict=True, default=0, ge=0, le=MAX_OUTPAINT_MARGIN, description="Pixels to add on the right.")
+    top: int = Field(strict=True, default=0, ge=0, le=MAX_OUTPAINT_MARGIN, description="Pixels to add at the top.")
+    bottom: int = Field(
+        strict=True, default=0, ge=0, le=MAX_OUTPAINT_MARGIN, description="Pixels to add at the bottom."
+    )
     fill: Literal["edge", "blur", "noise"] = Field(
         default="blur",
         description="How the new area starts before denoising: `edge` repeats the border pixels, `blur` blurs "
         "them heavily, `noise` adds seeded noise around the border colours.",
     )
-    feather: int = Field(
+    feather: int = Field(strict=True,
         default=16, ge=0, le=MAX_FEATHER,
         description="Width of the seam band inside the original image that is blended with the new area; "
         "original pixels farther from the new area than this are unchanged.",
@@ -209,10 +217,10 @@ class OutpaintRequest(GenerationParams):
     strength: Strength = 1.0
     return_mask: bool = Field(default=False, description="Also return the mask actually used (`mask_url`).")
     width: int | None = Field(
-        default=None, description=_SIZE_SET_BY_IMAGE.format(dim="width", extra=" plus `left` and `right`")
+        strict=True, default=None, description=_SIZE_SET_BY_IMAGE.format(dim="width", extra=" plus `left` and `right`")
     )
     height: int | None = Field(
-        default=None, description=_SIZE_SET_BY_IMAGE.format(dim="height", extra=" plus `top` and `bottom`")
+        strict=True, default=None, description=_SIZE_SET_BY_IMAGE.format(dim="height", extra=" plus `top` and `bottom`")
     )
 
     model_config = ConfigDict(

@@ -148,13 +148,13 @@ FINISH = _lua(
 -- another attempt owns the job; or the terminal status it already had.
 local s = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'attempts')
 if not s[1] then return 'missing' end
+if ARGV[3] ~= '' and s[3] ~= ARGV[3] then return 'superseded' end
 if terminal(s[1]) then
-  if s[1] == ARGV[4] and ARGV[3] ~= '' and s[3] == ARGV[3] and redis.call('HGET', KEYS[1], 'worker') == ARGV[6] then
+  if s[1] == ARGV[4] and ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'worker') == ARGV[6] then
     return 'ok'  -- this very finish, retried after its reply was lost
   end
   return s[1]
 end
-if ARGV[3] ~= '' and s[3] ~= ARGV[3] then return 'superseded' end
 if ARGV[4] == '$S_SUCCEEDED' and s[2] == '1' then return 'cancel' end
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 finish(ARGV[4], ARGV[4], ARGV[5])
@@ -280,6 +280,8 @@ APPLY = _lua(
 -- Accept jobs: ARGV holds, per job, its command count, then per command its argument count and arguments.
 -- An argument equal to the NOW token becomes the server's time. A job's commands stop at its first error
 -- (its queue push comes last, so a job whose writes failed is never queued); other jobs are not affected.
+-- A job's first command writes its record: a job whose record exists already (this call is a retry of one
+-- whose reply was lost) is not written again, and answers 'replayed'.
 -- Returns the time used, then one reply per command.
 local t = redis.call('TIME')
 local nowtext = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
@@ -287,6 +289,12 @@ local out, i = {nowtext}, 1
 while i <= #ARGV do
   local count, failed = tonumber(ARGV[i]), false
   i = i + 1
+  if redis.call('EXISTS', ARGV[i + 2]) == 1 then
+    out[#out + 1] = 'replayed'
+    failed = true
+    i = i + tonumber(ARGV[i]) + 1
+    count = count - 1
+  end
   for _ = 1, count do
     local n = tonumber(ARGV[i])
     if failed then

@@ -169,21 +169,23 @@ class Engine:
             job.timings["run_ms"] = (time.perf_counter() - job.started) * 1000
             job.timings["total_ms"] = job.timings["run_ms"] + job.timings.get("queued_ms", 0.0)
             state = self.tracker.succeed(job.attempt, result=result, timings=job.timings, total=job.record.total)
+            if state == "ok":
+                outcomes[job.id] = JobStatus.SUCCEEDED.value
+                continue
+            job.artifacts.discard()  # its files never became the job's
             if state == "cancel":  # a cancel that came after the last step still wins, and nothing stays stored
-                self.tracker.cancel(job.attempt, job.timings)
-                state = JobStatus.CANCELED.value
-            elif state != "ok":
+                canceled = self.tracker.cancel(job.attempt, job.timings) == "ok"
+                outcomes[job.id] = JobStatus.CANCELED.value if canceled else "stopped"
+            else:  # ended elsewhere (failed by the janitor, superseded): not this worker's to count
                 log.info("job %s ended (%s) elsewhere before it could succeed", job.id, state)
-            if state != "ok":
-                job.artifacts.discard()
-            outcomes[job.id] = JobStatus.SUCCEEDED.value if state == "ok" else state
+                outcomes[job.id] = "stopped"
         return outcomes
 
     def _fail(self, claimed: list[Claimed], outcomes: dict[str, str], problem: ProblemType, detail: str) -> None:
         for job in claimed:
             job.artifacts.discard()
             state = self.tracker.fail(job.attempt, problem, detail, job.timings)
-            outcomes[job.id] = JobStatus.FAILED.value if state == "ok" else state
+            outcomes[job.id] = JobStatus.FAILED.value if state == "ok" else "stopped"  # else: ended elsewhere
             if state == "ok":
                 self.metrics.job_failures.labels(*self._labels(job.record), problem.slug).inc()
 
