@@ -100,6 +100,7 @@ def build_state(settings: Settings, kinds: Sequence[GatewayKind]) -> GatewayStat
         ),
         keys=KeyRing.load(settings.api_keys_file, settings.api_keys),
         rate_limiter=RateLimiter(client, keys),
+        redeliver_limiter=RateLimiter(client, keys, keys.redeliveries),
         metrics=Metrics(),
         kinds=Kinds(kind.kind for kind in kinds),
     )

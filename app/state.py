@@ -35,6 +35,7 @@ class GatewayState:
     webhook_policy: WebhookPolicy
     keys: KeyRing
     rate_limiter: RateLimiter
+    redeliver_limiter: RateLimiter
     metrics: Metrics
     kinds: Kinds
 

@@ -143,9 +143,10 @@ class Dispatcher:
                 )
             retryable = event.is_terminal and record.webhook_url is not None and not result.ok and not result.gone
             delay = self.next_delay(attempt, result.retry_after) if retryable else None
+            shown = result.shown()  # the operator's log below keeps the detail; the tenant's log may not
             entry = Delivery(
                 webhook_id=delivery.webhook_id, event=event.value, attempt=attempt, at=datetime.now(UTC),
-                status_code=result.status_code, error=result.error, duration_ms=round(result.duration_ms, 1),
+                status_code=shown.status_code, error=shown.error, duration_ms=round(shown.duration_ms, 1),
                 ok=result.ok, next_attempt_in=round(delay, 1) if delay is not None else None,
             )  # fmt: skip
             async with self.redis.pipeline(transaction=True) as pipe:

@@ -9,13 +9,14 @@ Every field is documented in the README's settings table; keep the two in step (
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sdserve.egress import AllowedHost, AllowedNetwork
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -132,9 +133,11 @@ class Settings(BaseSettings):
     webhook_allowed_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [80, 443, 8080, 8443])
     """Ports callback URLs may use (comma separated)."""
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """Callback hosts trusted as they are: no address check, any port (comma separated)."""
+    """Callback hosts trusted on the ports named: `host:port` or `host:low-high`, no address check (comma separated)."""
     webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """Networks (CIDR) trusted as they are, e.g. 10.0.0.0/8 for in-cluster receivers (comma separated)."""
+    """Networks trusted on the ports named: `CIDR:port` or `CIDR:low-high`, e.g. `10.0.0.0/8:8080` (comma separated)."""
+    webhook_redeliveries_per_minute: int = Field(default=10, ge=1, le=10_000)
+    """Redeliveries (`POST …/webhook-deliveries/redeliver`) one key may ask for per minute (bursts of 5)."""
     webhook_concurrency: int = Field(default=32, ge=1, le=1024)
     """Deliveries one dispatcher sends at once."""
 
@@ -242,8 +245,15 @@ class Settings(BaseSettings):
     @field_validator("webhook_allowed_networks")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
-        for net in value:
-            ipaddress.ip_network(net, strict=False)
+        for entry in value:
+            AllowedNetwork.parse(entry)
+        return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            AllowedHost.parse(entry)
         return value
 
     def public_base_url(self) -> str:

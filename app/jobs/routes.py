@@ -26,12 +26,14 @@ from app.jobs.listing import list_jobs
 from app.state import GatewayState
 from sdserve.contract.lifecycle import JobEvent, JobStatus
 from sdserve.contract.limits import MAX_NAME_CHARS
-from sdserve.contract.problems import Conflict, FieldError, InvalidRequest
+from sdserve.contract.problems import Conflict, FieldError, InvalidRequest, RateLimited
 from sdserve.jobs.record import JobRecord
 from sdserve.storage.base import inputs_prefix, outputs_prefix
 from sdserve.webhooks.deliveries import Delivery
 
 EVENT_STREAM = "text/event-stream"
+REDELIVER_BURST = 5
+"""Redeliveries one key may ask for at once (then ``webhook_redeliveries_per_minute``)."""
 
 
 def event_schema(kind_noun: str) -> dict[str, Any]:
@@ -270,6 +272,12 @@ def job_router(gateway_kind: GatewayKind) -> APIRouter:
             raise Conflict(f"{noun} {record.id} has not ended; only its terminal event can be redelivered")
         if not record.webhook_url:
             raise Conflict(f"{noun} {record.id} has no webhook")
+        per_minute = state.settings.webhook_redeliveries_per_minute
+        decision = await state.redeliver_limiter.take(caller.owner, per_minute, REDELIVER_BURST)
+        caller.headers.update(decision.headers())
+        if not decision.allowed:
+            raise RateLimited(f"redeliveries: {per_minute} per minute, bursts of {REDELIVER_BURST}",
+                              retry_after=decision.retry_after)  # fmt: skip
         await state.queue.redeliver(record)
         return await deliveries(state, job_id)
 

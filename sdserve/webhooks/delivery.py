@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -26,15 +25,18 @@ class AttemptResult:
     duration_ms: float
     retry_after: float | None = None
     gone: bool = False
+    trusted: bool = False
+    """The target was reached through the operator's allow-list (an internal address)."""
 
-    def log_entry(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "status_code": self.status_code,
-            "error": self.error,
-            "duration_ms": round(self.duration_ms, 1),
-            "ok": self.ok,
-            **extra,
-        }
+    def shown(self) -> AttemptResult:
+        """What a tenant may see of this attempt in its delivery log.
+
+        A failure against an allow-listed (internal) target shows only that it failed: its status code, the
+        kind of its error and its exact duration would tell the tenant what else listens on those addresses.
+        """
+        if self.ok or not self.trusted:
+            return self
+        return replace(self, status_code=None, error="delivery failed", duration_ms=float(round(self.duration_ms, -3)))
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -89,14 +91,14 @@ async def deliver(
             direct, content=body.encode(), headers=headers, timeout=timeout, extensions=extensions
         )
     except httpx.TimeoutException:
-        return AttemptResult(False, None, "timeout", (time.perf_counter() - started) * 1000)
+        return AttemptResult(False, None, "timeout", (time.perf_counter() - started) * 1000, trusted=target.trusted)
     except httpx.HTTPError as exc:
-        return AttemptResult(False, None, exc.__class__.__name__, (time.perf_counter() - started) * 1000)
+        elapsed = (time.perf_counter() - started) * 1000
+        return AttemptResult(False, None, exc.__class__.__name__, elapsed, trusted=target.trusted)
     elapsed = (time.perf_counter() - started) * 1000
     code = response.status_code
     if 200 <= code < 300:
-        return AttemptResult(True, code, None, elapsed)
+        return AttemptResult(True, code, None, elapsed, trusted=target.trusted)
     error = "redirects are not followed" if 300 <= code < 400 else f"HTTP {code}"
-    return AttemptResult(
-        False, code, error, elapsed, retry_after=_retry_after(response.headers.get("retry-after")), gone=code == 410
-    )
+    retry_after = _retry_after(response.headers.get("retry-after"))
+    return AttemptResult(False, code, error, elapsed, retry_after, gone=code == 410, trusted=target.trusted)

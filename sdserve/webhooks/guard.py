@@ -14,27 +14,38 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from sdserve.contract.problems import UnsafeWebhookUrl
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from sdserve.egress import AllowedHost, AllowedNetwork, IPAddress
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
 @dataclass(frozen=True)
 class WebhookPolicy:
-    """What callback URLs may be: ports, and the operator's allow-list (which skips the address check)."""
+    """What callback URLs may be: public addresses on the allowed ports, or what the operator allow-lists.
+
+    An allow-list entry names a host (or a network) *and* the ports it may be called on: trusting a host
+    on every port would let a tenant reach whatever else listens there (Redis, the admin API, ...).
+    """
 
     allowed_ports: frozenset[int]
-    allowed_hosts: frozenset[str]
-    allowed_networks: tuple[IPNetwork, ...]
+    allowed_hosts: tuple[AllowedHost, ...]
+    allowed_networks: tuple[AllowedNetwork, ...]
 
     @classmethod
     def build(cls, ports: list[int], hosts: list[str], networks: list[str]) -> WebhookPolicy:
         return cls(
             allowed_ports=frozenset(ports),
-            allowed_hosts=frozenset(h.lower() for h in hosts),
-            allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in networks),
+            allowed_hosts=tuple(AllowedHost.parse(h) for h in hosts),
+            allowed_networks=tuple(AllowedNetwork.parse(n) for n in networks),
+        )
+
+    def trusts(self, host: str, port: int, addresses: list[IPAddress]) -> bool:
+        """Whether the allow-list covers this host (or every one of its addresses) on this port."""
+        if any(entry.host == host and port in entry.ports for entry in self.allowed_hosts):
+            return True
+        return bool(addresses) and all(
+            any(address in entry.network and port in entry.ports for entry in self.allowed_networks)
+            for address in addresses
         )
 
 
@@ -80,6 +91,8 @@ class CheckedTarget:
     host: str
     port: int
     address: IPAddress
+    trusted: bool = False
+    """Reached through the operator's allow-list (an internal address): its failures are reported coarsely."""
 
 
 async def check_url(url: str, policy: WebhookPolicy) -> CheckedTarget:
@@ -93,13 +106,16 @@ async def check_url(url: str, policy: WebhookPolicy) -> CheckedTarget:
     if not host:
         raise UnsafeWebhookUrl("the URL has no host")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        given = parts.port
     except ValueError:
         raise UnsafeWebhookUrl("the port is not valid") from None
+    if given == 0:
+        raise UnsafeWebhookUrl("port 0 is not a port that can be called")
+    port = given or (443 if parts.scheme == "https" else 80)
     addresses = await resolve(host, port)
     if not addresses:
         raise UnsafeWebhookUrl(f"host {host!r} does not resolve")
-    trusted = host in policy.allowed_hosts or all(any(a in net for net in policy.allowed_networks) for a in addresses)
+    trusted = policy.trusts(host, port, addresses)
     if not trusted:
         if port not in policy.allowed_ports:
             allowed = ", ".join(str(p) for p in sorted(policy.allowed_ports))
@@ -108,4 +124,4 @@ async def check_url(url: str, policy: WebhookPolicy) -> CheckedTarget:
             problem = address_problem(address)
             if problem is not None:
                 raise UnsafeWebhookUrl(f"{host} resolves to {problem}")
-    return CheckedTarget(url=url, host=host, port=port, address=addresses[0])
+    return CheckedTarget(url=url, host=host, port=port, address=addresses[0], trusted=trusted)

@@ -150,7 +150,7 @@ def test_a_kind_the_engine_never_heard_of_is_recovered_by_the_janitor(
 def test_a_kind_the_engine_never_heard_of_sends_its_own_webhooks(
     echo_settings: Settings, redis_client: redis.Redis, pipelines: Any
 ) -> None:
-    settings = echo_settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.0/8"]})
+    settings = echo_settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.0/8:1024-65535"]})
     app = create_app(settings, kinds=(IMAGES, ECHO_GATEWAY))
     with Receiver() as receiver, LiveServer(app) as server, httpx.Client(base_url=server.url) as echo_client:
         created = echo_client.post(
