@@ -172,7 +172,9 @@ async def _on_redis_reply_error(request: Request, exc: Exception) -> JSONRespons
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether Redis refused a write for lack of memory (maxmemory with noeviction), in a script or not."""
-    return isinstance(exc, redis.exceptions.ResponseError) and "OOM" in str(exc)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and ("OOM" in str(exc) or "maxmemory" in str(exc))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
