@@ -1,4 +1,5 @@
-"""Chaos run: jobs go in through a real gateway while workers are SIGKILLed and Redis restarts (issue 7).
+"""Chaos run: jobs go in through a real gateway while workers are SIGKILLed or stalled, clocks disagree, Redis
+restarts and runs out of memory (issues 7 and 15).
 
 Everything runs as subprocesses on this machine, in a temporary folder:
 
@@ -12,8 +13,12 @@ Everything runs as subprocesses on this machine, in a temporary folder:
 - a submitter that sends ``--jobs`` tiny txt2img jobs (64x64, 2-6 steps, 1-2 images) at a steady rate
   over ``--duration`` seconds. A submit that gets a 503 or no answer was not accepted: it is retried with
   the same ``Idempotency-Key``. Every 2xx goes into the ledger;
-- a chaos loop that SIGKILLs a worker every few seconds (``--kill-every``) and restarts Redis
-  ``--redis-restarts`` times (down ``--redis-down`` seconds each); then a drain (no more chaos, a worker
+- a chaos loop that SIGKILLs a worker every few seconds (``--kill-every``), stalls a busy worker ``--stalls``
+  times (SIGSTOP for ``--stall-seconds``, longer than its presence lives, so the janitor gives its job to
+  another worker; then SIGCONT: the zombie must not touch the rerun), restarts Redis ``--redis-restarts``
+  times (down ``--redis-down`` seconds each), and once fills Redis past its maxmemory for ``--oom-seconds``
+  (noeviction: every write refused); with ``--skew S`` the dispatcher (and its janitor) runs with its wall
+  clock S seconds ahead and the first worker S/2 behind; then a drain (no more chaos, a worker
   that died by itself is still restarted) until every accepted job has ended or ``--drain`` seconds have
   passed. Tiny jobs take a tenth of a second, so a blind pick mostly hits an idle worker: each kill waits
   up to ``--busy-wait`` seconds for a worker running a job and picks among those (the record's ``worker``
@@ -28,6 +33,9 @@ The ledger is then reconciled against Redis and the object store:
   ``images`` are not exactly ``num_images`` distinct keys under the folder of its last run
   (``outputs/<job>/<attempt>/``), or whose run folder holds anything but those files and ``manifest.json``;
 - **stuck**: a job still queued or running at the drain deadline;
+- **missing files**: a succeeded job one of whose images or manifest is not in the store;
+- **progress backwards**: within one run of a job (its events from its ``started``), a progress step that is
+  not larger than the one before;
 - **orphans** (reported, not a failure): jobs in Redis that no 2xx ever named, i.e. a submit whose
   answer was lost and whose retry created another job instead of replaying the first;
 - **stray runs** (reported, not a failure): folders of a succeeded job's earlier runs, files a run that was
@@ -79,6 +87,21 @@ from sdserve.keys import Keys
 
 SDSERVE = [sys.executable, "-m", "sdserve.cli"]
 """The `sdserve` command, run by this interpreter (whatever console scripts are installed)."""
+SKEWED = """
+import sys, time
+real = time.time
+time.time = lambda: real() + float(sys.argv[1])
+from sdserve.cli.main import main
+main(sys.argv[2:])
+"""
+"""The `sdserve` command with its process's wall clock moved by argv[1] seconds (an injected clock)."""
+
+
+def sdserve(skew: float = 0.0) -> list[str]:
+    """The command line of `sdserve` (with a skewed wall clock when ``skew`` is not 0)."""
+    return [sys.executable, "-c", SKEWED, repr(skew)] if skew else list(SDSERVE)
+
+
 TERMINAL = {"succeeded", "failed", "canceled"}
 WORKER_LOST = "/problems/worker-lost"
 T = TypeVar("T")
@@ -120,6 +143,14 @@ class Options:
     redis_signal: str = "term"
     """``term``: graceful shutdown (flushes the AOF); ``kill``: SIGKILL."""
     redis_down_seconds: float = 2.0
+    stalls: int = 0
+    """Busy workers stopped (SIGSTOP) for ``stall_seconds`` and resumed (SIGCONT)."""
+    stall_seconds: float = 18.0
+    """Longer than a presence lives (4 heartbeats + 10 s): the janitor gives the stalled worker's job away."""
+    skew_seconds: float = 0.0
+    """The dispatcher's wall clock runs this far ahead, the first worker's half as far behind."""
+    oom_seconds: float = 0.0
+    """One phase (mid-run) when Redis holds more than its maxmemory: every write refused."""
     drain_seconds: float = 240.0
     max_attempts: int = 3
     heartbeat_seconds: float = 1.0
@@ -152,6 +183,16 @@ class Report:
     orphans: int = 0
     kills: int = 0
     kills_mid_job: int = 0
+    stalls: int = 0
+    stalled_jobs: list[str] = field(default_factory=list)
+    """Jobs a stalled worker was running when it was stopped."""
+    stalled_requeued: int = 0
+    """Of those, the ones the janitor gave to another worker while the stalled one slept."""
+    zombie_writes_refused: int = 0
+    """Log lines of resumed workers finding their job superseded (their writes were refused)."""
+    oom_phases: int = 0
+    missing_files: int = 0
+    progress_backwards: int = 0
     worker_crashes: int = 0
     """Workers that exited without being killed by the chaos loop (restarted, and listed in problems)."""
     redis_restarts: int = 0
@@ -182,7 +223,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated == 0 and self.stuck == 0
+        return (self.lost, self.duplicated, self.stuck, self.missing_files, self.progress_backwards) == (0, 0, 0, 0, 0)
 
     def table(self) -> str:
         o = self.options
@@ -195,8 +236,17 @@ class Report:
             ("**lost**", self.lost),
             ("**duplicated**", self.duplicated),
             ("**stuck**", self.stuck),
+            ("**succeeded jobs with missing files**", self.missing_files),
+            ("**progress that went backwards**", self.progress_backwards),
             ("orphans (jobs no 2xx named)", self.orphans),
             ("worker kills (SIGKILL) / of which mid-job", f"{self.kills} / {self.kills_mid_job}"),
+            (
+                "stalls (SIGSTOP / SIGCONT) / jobs stalled / of them rerun elsewhere",
+                f"{self.stalls} / {len(set(self.stalled_jobs))} / {self.stalled_requeued}",
+            ),
+            ("zombie writes refused (resumed workers finding their job superseded)", self.zombie_writes_refused),
+            (f"Redis out of memory ({o.oom_seconds:g} s each)", self.oom_phases),
+            ("clock skew: dispatcher + / first worker − (s)", f"{o.skew_seconds:g} / {o.skew_seconds / 2:g}"),
             ("worker crashes (not killed by the run)", self.worker_crashes),
             (f"Redis restarts (SIG{o.redis_signal.upper()})", self.redis_restarts),
             ("requeues (worker-lost events) / jobs requeued", f"{self.requeues} / {self.requeued_jobs}"),
@@ -338,7 +388,7 @@ class Cluster:
         self._wait_http("/readyz", "gateway")
 
     def start_dispatcher(self) -> None:
-        self.others["webhooks"] = self.spawn("webhooks", [*SDSERVE, "webhooks"], self.env())
+        self.others["webhooks"] = self.spawn("webhooks", [*sdserve(self.options.skew_seconds), "webhooks"], self.env())
 
     def _wait_http(self, path: str, label: str) -> None:
         deadline = time.monotonic() + 60
@@ -363,7 +413,8 @@ class Cluster:
         if self.options.fixed_names:
             extra["SDSERVE_WORKER_NAME"] = f"chaos-w{slot}"
         label = f"worker-{slot}-{self.generation}"
-        proc = self.spawn(label, [*SDSERVE, "worker"], self.env(**extra))
+        skew = -self.options.skew_seconds / 2 if slot == 0 else 0.0
+        proc = self.spawn(label, [*sdserve(skew), "worker"], self.env(**extra))
         self.workers[slot] = proc
         self.labels[proc.pid] = label
 
@@ -398,6 +449,19 @@ class Cluster:
 
     def worker_log(self, slot: int) -> str:
         return self.log_tail(self.labels.get(self.workers[slot].pid, ""))
+
+    def stop_worker(self, slot: int, resume: bool) -> None:
+        """SIGSTOP (or SIGCONT) a worker's whole process group."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.workers[slot].pid, signal.SIGCONT if resume else signal.SIGSTOP)
+
+    def fill_redis(self, full: bool) -> None:
+        """Put Redis over its maxmemory (noeviction: writes refused), or give it room again."""
+        if full:
+            used = int(self.retrying(lambda: self.client.info("memory"))["used_memory"])
+            self.retrying(lambda: self.client.config_set("maxmemory", max(1, used - 1_000_000)))
+        else:
+            self.retrying(lambda: self.client.config_set("maxmemory", 0))
 
     def kill_worker(self, slot: int) -> None:
         proc = self.workers.pop(slot)
@@ -504,6 +568,8 @@ class ChaosRun:
         self.t0 = time.monotonic()
         self.killed_at: dict[str, float] = {}
         """Job id -> when the worker running it was killed (Unix seconds)."""
+        self.stalled: dict[int, float] = {}
+        """Slot -> when its worker is to be resumed (monotonic)."""
 
     def say(self, message: str) -> None:
         if self.options.verbose:
@@ -550,20 +616,46 @@ class ChaosRun:
         return False
 
     def pick_victim(self, deadline: float) -> int:
-        """A random worker among those running a job (waiting until ``deadline`` for one), else any worker."""
+        """A random worker among those running a job (waiting until ``deadline`` for one), else any worker
+        (never one that is stalled)."""
         c = self.cluster
         while time.monotonic() < deadline:
-            busy = sorted({slot for name in self.running_jobs().values() if (slot := c.slot_of(name)) is not None})
+            busy = sorted({slot for name in self.running_jobs().values()
+                           if (slot := c.slot_of(name)) is not None and slot not in self.stalled})  # fmt: skip
             if busy:
                 return self.rng.choice(busy)
             time.sleep(0.02)
-        return self.rng.choice(sorted(c.workers))
+        return self.rng.choice(sorted(set(c.workers) - set(self.stalled)) or sorted(c.workers))
+
+    def stall(self, deadline: float) -> bool:
+        """Stop a worker while it runs a job (it holds the job and goes silent); False if none ran one in time."""
+        c = self.cluster
+        while time.monotonic() < deadline:
+            for job, name in self.running_jobs().items():
+                slot = c.slot_of(name)
+                if slot is None or slot in self.stalled or len(self.stalled) + 1 >= len(c.workers):
+                    continue  # keep at least one worker awake
+                c.stop_worker(slot, resume=False)
+                self.stalled[slot] = time.monotonic() + self.options.stall_seconds
+                self.report.stalls += 1
+                self.report.stalled_jobs.append(job)
+                self.say(f"SIGSTOP worker {slot} ({name}) running {job}, for {self.options.stall_seconds:g}s")
+                return True
+            time.sleep(0.02)
+        return False
+
+    def resume_stalled(self, now: float) -> None:
+        for slot, until in list(self.stalled.items()):
+            if now >= until:
+                self.cluster.stop_worker(slot, resume=True)
+                del self.stalled[slot]
+                self.say(f"SIGCONT worker {slot}")
 
     def heal(self) -> None:
         """Restart a worker that exited without being killed (and say so: it is a finding)."""
         c = self.cluster
         for slot, proc in list(c.workers.items()):
-            if proc.poll() is not None:
+            if proc.poll() is not None and slot not in self.stalled:
                 name = c.name_of(slot) or f"pid {proc.pid}"
                 self.report.worker_crashes += 1
                 tail = c.worker_log(slot)
@@ -583,9 +675,25 @@ class ChaosRun:
         kills_left = o.targeted_kills
         low, high = o.kill_every
         next_kill = start + self.rng.uniform(low, high) if high > 0 else float("inf")
-        while time.monotonic() < end or submitter.is_alive():
+        stall_at = [start + o.duration * (k + 0.5) / (o.stalls + 1) for k in range(o.stalls)]
+        oom_at = start + o.duration * 0.6 if o.oom_seconds > 0 else None
+        while time.monotonic() < end or submitter.is_alive() or self.stalled:
             now = time.monotonic()
+            self.resume_stalled(now)
             self.heal()
+            if oom_at is not None and now >= oom_at:
+                oom_at = None
+                self.say(f"Redis out of memory for {o.oom_seconds:g}s (maxmemory below what it holds)")
+                c.fill_redis(full=True)
+                time.sleep(o.oom_seconds)
+                c.fill_redis(full=False)
+                self.report.oom_phases += 1
+                self.say("Redis has room again")
+                continue
+            if stall_at and now >= stall_at[0] and now < end:
+                stall_at.pop(0)
+                self.stall(min(end, now + 10))
+                continue
             if kills_left and now < end:
                 if self.targeted_kill(min(end, now + 10)):
                     kills_left -= 1
@@ -698,6 +806,15 @@ class ChaosRun:
                 continue
             if record.finished_at:
                 r.to_terminal.append(record.finished_at - record.created_at)
+            last_step: int | None = None
+            for name, data in events:
+                if name == "started":
+                    last_step = 0  # a new run starts from nothing
+                elif name == "progress" and last_step is not None:
+                    if int(data.get("step", 0)) <= last_step:
+                        r.progress_backwards += 1
+                        r.problems.append(f"progress went backwards in {job_id}: {last_step} then {data.get('step')}")
+                    last_step = int(data.get("step", 0))
             terminal_events = [name for name, _ in events if name in TERMINAL]
             if terminal_events != [status]:
                 r.duplicated += 1
@@ -716,6 +833,12 @@ class ChaosRun:
                     r.problems.append(
                         f"duplicated: {job_id} wants {wanted} images, record has {keys}, {run} has {sorted(names)}"
                     )
+                wanted_files = [*keys, *([result.manifest_key] if (result := ImageJobResult.model_validate(
+                    record.result)).manifest_key else [])]  # fmt: skip
+                missing = [k for k in wanted_files if not (c.data / "objects" / k).is_file()]
+                if missing or not result.manifest_key:
+                    r.missing_files += 1
+                    r.problems.append(f"succeeded but files are missing: {job_id}: {missing or 'no manifest'}")
                 runs = sorted(p.name for p in (outputs / job_id).iterdir()) if (outputs / job_id).is_dir() else []
                 strays = [name for name in runs if name != str(record.attempts)]
                 if strays:
@@ -753,6 +876,13 @@ class ChaosRun:
         for label in ("webhooks", *sorted(p.stem for p in c.logs.glob("worker-*.log"))):
             text = c.log_tail(label, chars=10_000_000)
             r.claimed_requeues += text.count("taken but never started")
+            r.zombie_writes_refused += text.count('"state": "superseded"') + text.count("ended (superseded) elsewhere")
+        for job_id in dict.fromkeys(r.stalled_jobs):
+            events = [
+                (_text(f[b"event"]), _text(f.get(b"data", b"{}"))) for _, f in c.client.xrange(c.keys.events(job_id))
+            ]
+            if any(name == "queued" and '"worker-lost"' in data for name, data in events):
+                r.stalled_requeued += 1
 
 
 def run(options: Options, folder: Path | None = None) -> Report:
@@ -774,6 +904,10 @@ def main() -> None:
     parser.add_argument("--redis-restarts", type=int, default=2)
     parser.add_argument("--redis-signal", choices=("term", "kill"), default="term")
     parser.add_argument("--redis-down", type=float, default=2.0, help="seconds Redis stays down per restart")
+    parser.add_argument("--stalls", type=int, default=0, help="busy workers to SIGSTOP and later SIGCONT")
+    parser.add_argument("--stall-seconds", type=float, default=18.0, help="how long each stall lasts")
+    parser.add_argument("--skew", type=float, default=0.0, help="dispatcher clock +S s, first worker's -S/2 s")
+    parser.add_argument("--oom-seconds", type=float, default=0.0, help="one phase of a full Redis, this long")
     parser.add_argument("--drain", type=float, default=240.0, help="seconds to wait for every job to end")
     parser.add_argument("--fixed-names", action="store_true", help="restart workers under the same name")
     parser.add_argument("--seed", type=int, default=7)
@@ -792,6 +926,10 @@ def main() -> None:
         redis_restarts=args.redis_restarts,
         redis_signal=args.redis_signal,
         redis_down_seconds=args.redis_down,
+        stalls=args.stalls,
+        stall_seconds=args.stall_seconds,
+        skew_seconds=args.skew,
+        oom_seconds=args.oom_seconds,
         drain_seconds=args.drain,
         fixed_names=args.fixed_names,
         seed=args.seed,
@@ -806,7 +944,8 @@ def main() -> None:
     print(
         f"`python bench/chaos.py --jobs {options.jobs} --duration {options.duration:g} --workers {options.workers}"
         f" --kill-every {args.kill_every} --redis-restarts {options.redis_restarts}"
-        f" --redis-signal {options.redis_signal}{' --fixed-names' if options.fixed_names else ''}`"
+        f" --redis-signal {options.redis_signal} --stalls {options.stalls} --skew {options.skew_seconds:g}"
+        f" --oom-seconds {options.oom_seconds:g}{' --fixed-names' if options.fixed_names else ''}`"
         f" on {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
     print()

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 
 import httpx
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from sdserve.contract.lifecycle import JobEvent
 from sdserve.jobs.kind import Kinds
@@ -31,7 +30,7 @@ from sdserve.jobs.view import ViewContext
 from sdserve.keys import Keys
 from sdserve.observe.logs import bind
 from sdserve.observe.metrics import Metrics, attempt_label
-from sdserve.replies import text
+from sdserve.replies import UNAVAILABLE, text
 from sdserve.settings import Settings
 from sdserve.storage.base import ObjectStore
 from sdserve.webhooks.deliveries import Delivery, DeliveryRecord
@@ -195,7 +194,7 @@ class Dispatcher:
                     continue
                 try:
                     ids = await self.claim(free)
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                except UNAVAILABLE as exc:
                     log.warning("redis unavailable (%s); retrying", exc)
                     await asyncio.sleep(1)
                     continue

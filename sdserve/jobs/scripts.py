@@ -86,14 +86,15 @@ START = _lua(
     + """
 -- KEYS[6] the claimed list it was taken into, KEYS[7] the paused set, KEYS[8] its queue, KEYS[9] its bell.
 -- ARGV[3] worker, ARGV[4] queue name, ARGV[5] started event data (JSON; the attempt is added), ARGV[6] the
--- canceled problem (JSON). Returns {'ok', attempt}, or {why not}: 'missing', 'paused', 'canceled', a status.
+-- canceled problem (JSON). Returns {'ok', attempt, started_at (Redis's clock)}, or {why not}: 'missing',
+-- 'paused', 'canceled', a status.
 local id = redis.call('HGET', KEYS[1], 'id')
-local s = redis.call('HMGET', KEYS[1], 'status', 'worker', 'attempts', 'cancel_requested')
+local s = redis.call('HMGET', KEYS[1], 'status', 'worker', 'attempts', 'cancel_requested', 'started_at')
 if not s[1] then
   return {'missing'}
 end
 if s[1] == '$S_RUNNING' and s[2] == ARGV[3] then  -- this worker's own start, retried after a lost reply
-  return {'ok', tonumber(s[3])}
+  return {'ok', tonumber(s[3]), s[5]}
 end
 if s[1] ~= '$S_QUEUED' then
   redis.call('LREM', KEYS[6], 0, id)
@@ -116,7 +117,7 @@ redis.call('ZADD', KEYS[4], now, id)
 local data = cjson.decode(ARGV[5])
 data['attempt'] = attempt
 emit('$E_STARTED', cjson.encode(data))
-return {'ok', attempt}
+return {'ok', attempt, nowtext}
 """
 )
 

@@ -24,7 +24,7 @@ from sdserve.contract.problems import CANCELED, ProblemType
 from sdserve.jobs import scripts
 from sdserve.jobs.record import JobError, JobRecord, encode_fields, from_hash
 from sdserve.keys import Keys
-from sdserve.replies import text
+from sdserve.replies import UNAVAILABLE, text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,9 +39,7 @@ def retrying(call: Callable[[], T], *, retries: int = OUTAGE_RETRIES) -> T:
     def on_error(exc: Exception) -> None:
         log.warning("redis unavailable (%s); retrying", exc.__class__.__name__)
 
-    policy = Retry(
-        ExponentialBackoff(cap=5.0, base=0.25), retries, supported_errors=(redis.ConnectionError, redis.TimeoutError)
-    )
+    policy = Retry(ExponentialBackoff(cap=5.0, base=0.25), retries, supported_errors=UNAVAILABLE)
     return policy.call_with_retry(call, on_error)
 
 
@@ -62,6 +60,8 @@ class Attempt:
     record: JobRecord
     number: int
     worker: str
+    started_at: float = 0.0
+    """When the run started, by Redis's clock (the clock ``created_at`` is on), Unix seconds."""
 
     @property
     def job_id(self) -> str:
@@ -113,7 +113,7 @@ class JobTracker:
         state = text(reply[0])
         if state != "ok":
             return state
-        return Attempt(record=record, number=int(reply[1]), worker=worker)
+        return Attempt(record=record, number=int(reply[1]), worker=worker, started_at=float(text(reply[2])))
 
     def progress(
         self,

@@ -13,10 +13,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import redis
-
 from sdserve.contract.problems import JobCanceled, JobStopped
 from sdserve.jobs.tracker import JobTracker
+from sdserve.replies import UNAVAILABLE
 from worker.engine.kind import Claimed
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class Reporter:
             states = self.tracker.progress_many(
                 [job.attempt for job in live], step, self.total, events or [None] * len(live), facts
             )
-        except (redis.ConnectionError, redis.TimeoutError):
+        except UNAVAILABLE:
             log.warning("redis unavailable: step %d not recorded (the job goes on)", step)
             return
         for job, state in zip(live, states, strict=True):

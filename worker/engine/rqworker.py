@@ -36,7 +36,7 @@ from rq.worker_registration import clean_worker_registry
 from sdserve.jobs import scripts
 from sdserve.jobs.presence import ADVERTISE, WorkerPresence, advertise, presence_ttl, retire
 from sdserve.keys import Keys
-from sdserve.replies import text
+from sdserve.replies import UNAVAILABLE, text
 from worker.engine.runner import Engine
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class SdWorker(SimpleWorker):
                     return taken
                 self.connection.blpop(bells, timeout=min(timeout, BELL_WAIT_SECONDS))
                 pause = 1.0
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except UNAVAILABLE as exc:
                 log.warning("redis unavailable while waiting for jobs (%s); retrying in %.0fs", exc, pause)
                 time.sleep(pause)
                 pause = min(pause * 2, 10.0)

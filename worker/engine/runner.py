@@ -154,7 +154,7 @@ class Engine:
                 outcomes[job_id] = started
                 continue
             job = Claimed(attempt=started, artifacts=Artifacts(self.store, record.id, started.number, record.inputs))
-            job.timings["queued_ms"] = max(0.0, (time.time() - record.created_at) * 1000)
+            job.timings["queued_ms"] = max(0.0, (started.started_at - record.created_at) * 1000)  # one clock
             claimed.append(job)
         return outcomes, claimed
 
