@@ -1,12 +1,17 @@
-"""Chaos, short: jobs go in through a real gateway while a worker is SIGKILLed mid-job and Redis restarts.
+"""Chaos, short: jobs go in through a real gateway while a worker is SIGKILLed mid-job, another is stalled
+mid-job, clocks disagree, and Redis restarts.
 
 The scenario is ``bench/chaos.py`` (the long version runs 200 jobs for two minutes; see its docstring and
 ``docs/benchmarks.md``), run here small: 20 tiny jobs over 12 s, two ``sdserve worker`` processes, one
-kill of a worker while it runs a job, one graceful Redis restart, then a drain. Everything is a real
+kill of a worker while it runs a job, one stall (SIGSTOP of a busy worker for longer than its presence
+lives and the janitor's sweep, then SIGCONT), one graceful Redis restart, the dispatcher's (janitor's) wall
+clock ten minutes ahead and the first worker's five behind, then a drain. Everything is a real
 subprocess (its own ``redis-server`` with ``--appendonly yes --appendfsync always``, the gateway, the
 webhook dispatcher that also runs the janitor, the workers). The ledger of accepted jobs must reconcile:
 none lost, none with two sets of results or two terminal events, none left queued or running; and the job
-that was running when its worker died must have been put back in the queue by the janitor and finished.
+that was running when its worker died must have been put back in the queue by the janitor and finished;
+the stalled worker's job must have been rerun elsewhere, and when the zombie woke up it must not have
+touched the rerun: every succeeded job's files are in the store and no run's progress went backwards.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ def load_chaos() -> ModuleType:
     return module
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_no_accepted_job_is_lost_duplicated_or_stuck(tmp_path: Path, models_cache: Path) -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("the chaos test starts its own redis-server, and none is installed")
@@ -44,6 +49,9 @@ def test_no_accepted_job_is_lost_duplicated_or_stuck(tmp_path: Path, models_cach
         kill_every=(0.0, 0.0),  # no random kills: one targeted kill, mid-job
         targeted_kills=1,
         redis_restarts=1,
+        stalls=1,
+        stall_seconds=26,  # > presence (4 beats of 1 s + 10 s) + a janitor sweep (10 s): the job is given away
+        skew_seconds=600,
         drain_seconds=90,
         models_cache=models_cache,
         verbose=False,
@@ -53,6 +61,8 @@ def test_no_accepted_job_is_lost_duplicated_or_stuck(tmp_path: Path, models_cach
 
     assert report.accepted == options.jobs, summary
     assert (report.lost, report.duplicated, report.stuck) == (0, 0, 0), summary
+    assert (report.missing_files, report.progress_backwards) == (0, 0), summary
+    assert report.stalls == 1 and report.stalled_requeued == 1, summary  # the stalled job was rerun elsewhere
     assert report.succeeded + report.failed_worker_lost == options.jobs, summary
     assert report.redis_restarts == 1, summary
     assert report.kills_mid_job == 1, summary  # the kill hit a worker while its job was running...
