@@ -1,7 +1,7 @@
-"""LoRA swap time against generation time, through the worker's own adapter code (tiny, CPU).
+"""LoRA swap time against generation time, through the worker's own LoRA code (tiny, CPU).
 
 Measures, on one warm `tiny` model, in one run: a first load of each demo adapter (file → PEFT
-layers), a swap between resident adapters (`activate` + `reset`), activating two at once, and the
+layers), a swap between resident adapters (`LoraCache.activate` + `reset`), activating two at once, and the
 generation the swap serves (256x256, 12 steps) with and without an active adapter. Prints one table.
 
     python bench/adapters.py [--repeats 20]
@@ -32,17 +32,19 @@ def main() -> None:
 
     import diffusers.utils.logging as diffusers_logging
 
-    from sdserve.registry import Registry
+    from sdserve.registry import Registry, RegistryHolder
     from sdserve.settings import Settings
-    from worker.device import DeviceConfig
-    from worker.pipelines import PipelineCache
+    from worker.models.device import DeviceConfig
+    from worker.models.pipelines import PipelineCache
 
     diffusers_logging.set_verbosity_error()
-    registry = Registry.load(None)
+    holder = RegistryHolder(lambda: Registry.load(None, "tiny"))
+    registry = holder.current
     with tempfile.TemporaryDirectory() as tmp:
-        cache = PipelineCache(registry, DeviceConfig.from_settings(Settings(device="cpu")), Path(tmp))
+        cache = PipelineCache(holder, DeviceConfig.from_settings(Settings(device="cpu")), Path(tmp))
         model = cache.load("tiny")
-        assert model.adapters is not None
+        loras = model.loras
+        assert loras is not None
         for name in ("tiny-detail", "tiny-kohya"):
             cache.resolve_file(registry.lora(name).file)  # generate the files outside the timings
         rows: dict[str, list[float]] = {}
@@ -50,8 +52,8 @@ def main() -> None:
         first = []
         for name in ("tiny-detail", "tiny-kohya"):
             started = time.perf_counter()
-            model.adapters.activate([(registry.lora(name), 1.0)])
-            model.adapters.reset()
+            loras.activate([(registry.lora(name), 1.0)])
+            loras.reset()
             first.append(time.perf_counter() - started)
         rows["first load of an adapter (file → layers)"] = first
 
@@ -69,22 +71,22 @@ def main() -> None:
         for i in range(args.repeats):
             name = ("tiny-detail", "tiny-kohya")[i % 2]
             started = time.perf_counter()
-            model.adapters.activate([(registry.lora(name), 0.8)])
-            model.adapters.reset()
+            loras.activate([(registry.lora(name), 0.8)])
+            loras.reset()
             swaps.append(time.perf_counter() - started)
             started = time.perf_counter()
-            model.adapters.activate([(registry.lora("tiny-detail"), 1.0), (registry.lora("tiny-kohya"), 0.5)])
-            model.adapters.reset()
+            loras.activate([(registry.lora("tiny-detail"), 1.0), (registry.lora("tiny-kohya"), 0.5)])
+            loras.reset()
             pairs.append(time.perf_counter() - started)
         for _ in range(max(3, args.repeats // 4)):
             started = time.perf_counter()
             generate()
             base.append(time.perf_counter() - started)
-            model.adapters.activate([(registry.lora("tiny-detail"), 1.0)])
+            loras.activate([(registry.lora("tiny-detail"), 1.0)])
             started = time.perf_counter()
             generate()
             lora.append(time.perf_counter() - started)
-            model.adapters.reset()
+            loras.reset()
         rows["swap to a resident adapter (activate + reset)"] = swaps
         rows["activate two resident adapters (+ reset)"] = pairs
         rows["generation 256x256, 12 steps, no adapter"] = base

@@ -433,6 +433,7 @@ def measure_worker_start(
         "SDSERVE_WARMUP": "false",
         "SDSERVE_WORKER_NAME": name,
         "SDSERVE_HEARTBEAT_SECONDS": "5",
+        "SDSERVE_WORKER_METRICS_PORT": "0",  # no metrics endpoint: a worker on this host may hold the port
         **extra_env,
     }
     worker = procs.start("worker", sdserve_command("worker"), worker_env)

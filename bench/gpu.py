@@ -2,8 +2,8 @@
 
 Builds the real SD 1.5 and SDXL architectures with random weights (speed does not depend on weight
 values), saves them as diffusers folders and loads them through sdserve's own PipelineCache, then
-runs jobs through the worker's own path (``Runtime.execute`` / ``execute_batch``: the task recipe,
-the pipeline views, adapters, PNG encoding and the manifest, the local object store) and, in the same
+runs jobs through the worker's own path (``Engine.execute`` with the ``ImageRunner``, one job or a batch:
+the task recipe, the pipeline views, LoRAs, PNG encoding and the manifest, the local object store) and, in the same
 run, the plain diffusers baseline (fp16, PyTorch SDPA, default settings, one request at a time).
 
 Redis is not available on the GPU machine, so job records live in an in-memory stand-in for the
@@ -36,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sdserve.jobs import JobError, JobStatus  # noqa: E402
-from sdserve.records import JobRecord, StoredImage  # noqa: E402
+from sdserve.contract.lifecycle import JobStatus  # noqa: E402
+from sdserve.contract.problems import ProblemType  # noqa: E402
+from sdserve.jobs.record import JobRecord  # noqa: E402
+from sdserve.jobs.tracker import Attempt, problem_error  # noqa: E402
 
 # --- architectures (gpu-baseline.md) -------------------------------------------------------------
 SD15_UNET: dict[str, Any] = {
@@ -94,7 +96,7 @@ def build(family: str, folder: Path, smoke: bool) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from worker.builtin import tiny_tokenizer_files
+    from worker.models.builtin import tiny_tokenizer_files
 
     fit = shrink if smoke else (lambda c: c)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -143,77 +145,101 @@ def build(family: str, folder: Path, smoke: bool) -> Path:
 
 # --- the worker path without Redis ------------------------------------------------------------------
 class MemoryTracker:
-    """The JobTracker interface over a dict (Redis is out of reach on the GPU machine)."""
+    """The JobTracker interface the engine uses, over a dict (Redis is out of reach on the GPU machine)."""
 
     def __init__(self) -> None:
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, JobRecord] = {}
 
     def add(self, job_id: str, request: dict[str, Any], total: int) -> None:
-        self.records[job_id] = {
-            "id": job_id, "task": "txt2img", "model": request["model"], "status": JobStatus.QUEUED,
-            "request": request, "created_at": time.time(), "total": total, "step": 0,
-        }  # fmt: skip
+        self.records[job_id] = JobRecord(
+            id=job_id, kind="image", task="txt2img", model=request["model"], queue=request["model"],
+            status=JobStatus.QUEUED, request=request, created_at=time.time(), total=total,
+        )  # fmt: skip
+
+    def _update(self, job_id: str, **fields: Any) -> None:
+        self.records[job_id] = self.records[job_id].model_copy(update=fields)
 
     def load(self, job_id: str) -> JobRecord | None:
-        raw = self.records.get(job_id)
-        return JobRecord(**{k: v for k, v in raw.items() if k in JobRecord.__dataclass_fields__}) if raw else None
+        return self.records.get(job_id)
 
-    def start(self, job_id: str, worker: str, attempt_data: Mapping[str, Any] | None = None) -> str:
-        self.records[job_id].update(status=JobStatus.RUNNING, started_at=time.time())
-        return "ok"
-
-    def progress(self, job_id: str, step: int, total: int, event: Mapping[str, Any] | None) -> str:
-        self.records[job_id].update(step=step, total=total)
-        return "ok"
+    def start(self, record: JobRecord, worker: str, data: Mapping[str, Any] | None = None) -> Attempt | str:
+        current = self.records[record.id]
+        if current.status is not JobStatus.QUEUED:
+            return current.status.value
+        attempts = current.attempts + 1
+        self._update(record.id, status=JobStatus.RUNNING, started_at=time.time(), worker=worker, attempts=attempts)
+        return Attempt(record=self.records[record.id], number=attempts, worker=worker)
 
     def progress_many(
-        self, job_ids: Sequence[str], step: int, total: int, events: Sequence[Mapping[str, Any] | None]
+        self,
+        attempts: Sequence[Attempt],
+        step: int,
+        total: int,
+        events: Sequence[Mapping[str, Any] | None],
+        facts: Mapping[str, Any] | None = None,
     ) -> list[str]:
-        return [self.progress(j, step, total, e) for j, e in zip(job_ids, events, strict=True)]
+        for attempt in attempts:
+            self._update(attempt.job_id, step=step, total=total)
+        return ["ok"] * len(attempts)
 
-    def succeed(self, job_id: str, *, images: Sequence[StoredImage], **fields: Any) -> str:
-        self.records[job_id].update(status=JobStatus.SUCCEEDED, finished_at=time.time(), images=list(images))
+    def succeed(self, attempt: Attempt, *, result: Mapping[str, Any], timings: Mapping[str, float], total: int) -> str:
+        self._update(
+            attempt.job_id, status=JobStatus.SUCCEEDED, finished_at=time.time(), result=dict(result),
+            timings=dict(timings), step=total, total=total,
+        )  # fmt: skip
         return "ok"
 
-    def fail(self, job_id: str, error: JobError, timings: Mapping[str, float]) -> bool:
-        self.records[job_id].update(status=JobStatus.FAILED, error=error)
-        print(f"job {job_id} failed: {error}", flush=True)
-        return True
+    def fail(self, attempt: Attempt, problem: ProblemType, detail: str | None, timings: Mapping[str, float]) -> str:
+        error = problem_error(problem, detail)
+        self._update(attempt.job_id, status=JobStatus.FAILED, finished_at=time.time(), error=error)
+        print(f"job {attempt.job_id} failed: {error}", flush=True)
+        return "ok"
 
-    def cancel(self, job_id: str, timings: Mapping[str, float] | None = None) -> bool:
-        self.records[job_id].update(status=JobStatus.CANCELED)
-        return True
+    def cancel(self, attempt: Attempt, timings: Mapping[str, float] | None = None) -> str:
+        self._update(attempt.job_id, status=JobStatus.CANCELED, finished_at=time.time())
+        return "ok"
 
 
 class Harness:
-    """A Runtime on one model, fed with jobs directly."""
+    """The worker's engine with its image runner on one model, fed with jobs directly."""
 
     def __init__(self, family: str, source: Path, out: Path, speed: Any, smoke: bool) -> None:
-        from sdserve.registry import ModelSpec, Registry
+        from sdserve.observe.metrics import Metrics
+        from sdserve.registry import ModelSpec, Registry, RegistryHolder
         from sdserve.settings import Settings
-        from sdserve.store import LocalStore
-        from worker.device import DeviceConfig
-        from worker.pipelines import PipelineCache
-        from worker.runtime import Runtime
+        from sdserve.storage.local import LocalStore
+        from worker.engine.runner import Engine
+        from worker.images.runner import ImageRunner
+        from worker.models.device import DeviceConfig
+        from worker.models.pipelines import PipelineCache
 
         self.size = (128 if family == "sdxl" else 64) if smoke else (1024 if family == "sdxl" else 512)
         spec = ModelSpec(
             name=family, source=str(source), family="sdxl" if family == "sdxl" else "sd1", native_size=self.size
         )
         registry = Registry({family: spec}, {}, family, loras={}, embeddings={})
-        settings = Settings(device="auto", dtype="auto", data_dir=out / "data", preview_every_steps=0, _env_file=None)  # type: ignore[call-arg]
+        holder = RegistryHolder(lambda: registry)
+        settings = Settings(
+            device="auto", dtype="auto", data_dir=out / "data", preview_every_steps=0, worker_models=[family],
+            default_model=family, _env_file=None,  # type: ignore[call-arg]
+        )  # fmt: skip
         device = DeviceConfig.from_settings(settings)
-        cache = PipelineCache(registry, device, out / "models", speed=speed)
+        metrics = Metrics()
+        self.pipelines = PipelineCache(holder, device, out / "models", speed=speed, metrics=metrics)
         started = time.perf_counter()
-        self.warm_seconds = cache.warm(family)
+        self.warm_seconds = self.pipelines.warm(family)
         self.load_seconds = time.perf_counter() - started - self.warm_seconds
         self.tracker = MemoryTracker()
-        self.runtime = Runtime(
-            settings=settings, registry=registry, pipelines=cache, store=LocalStore(out / "objects"),
-            tracker=self.tracker, device=device, name="bench",  # type: ignore[arg-type]
+        runner = ImageRunner(
+            settings, holder, self.pipelines, self.tracker, metrics,  # type: ignore[arg-type]
+            worker_name="bench", device=device.describe(),
+        )  # fmt: skip
+        self.engine = Engine(
+            name="bench", tracker=self.tracker, store=LocalStore(out / "objects"), runners=[runner],  # type: ignore[arg-type]
+            metrics=metrics, device=device.describe(),
         )  # fmt: skip
         self.family = family
-        self.pipe = cache.load(family).pipe
+        self.pipe = self.pipelines.load(family).pipe
         self.count = 0
 
     def job(self, steps: int, guidance: float) -> str:
@@ -232,24 +258,24 @@ class Harness:
         job_id = self.job(steps, guidance)
         sync()
         started = time.perf_counter()
-        outcome = self.runtime.execute(job_id)
+        outcomes = self.engine.execute([job_id])
         sync()
-        assert outcome["status"] == "succeeded", outcome
+        assert outcomes == {job_id: JobStatus.SUCCEEDED.value}, outcomes
         return time.perf_counter() - started
 
     def stream(self, jobs: int, batch: int, steps: int, guidance: float) -> tuple[float, list[float]]:
         """``jobs`` queued batch-1 requests, taken ``batch`` at a time (the worker's batching): images/s, latencies."""
         ids = [self.job(steps, guidance) for _ in range(jobs)]
-        created = {i: self.tracker.records[i]["created_at"] for i in ids}
+        created = {i: self.tracker.records[i].created_at for i in ids}
         sync()
         started = time.perf_counter()
         for first in range(0, jobs, batch):
             chunk = ids[first : first + batch]
-            outcomes = self.runtime.execute_batch(chunk)
-            assert all(o["status"] == "succeeded" for o in outcomes.values()), outcomes
+            outcomes = self.engine.execute(chunk)  # one call: the batch shares its forward passes
+            assert outcomes == dict.fromkeys(chunk, JobStatus.SUCCEEDED.value), outcomes
         sync()
         elapsed = time.perf_counter() - started
-        latencies = [self.tracker.records[i]["finished_at"] - created[i] for i in ids]
+        latencies = [(self.tracker.records[i].finished_at or 0.0) - created[i] for i in ids]
         return jobs / elapsed, latencies
 
 
@@ -349,7 +375,7 @@ class Results:
 
 
 def run_family(family: str, args: argparse.Namespace, results: Results, deadline: float) -> None:
-    from worker.speed import SpeedOptions
+    from worker.models.speed import SpeedOptions
 
     smoke = args.smoke
     steps = 4 if smoke else 25
@@ -418,7 +444,7 @@ def run_family(family: str, args: argparse.Namespace, results: Results, deadline
                    ratio_to_baseline=round(ips * statistics.median(base), 2))  # fmt: skip
         # sdserve's overhead over the bare compiled pipeline at the same batch size.
         pipe = harness.pipe
-        view = harness.runtime.pipelines.load(family).view("euler")
+        view = harness.pipelines.load(family).view("euler")
         bare = []
         for i in range(runs + 1):
             sync()

@@ -27,7 +27,10 @@ from typing import Any
 import httpx
 import redis
 
+from sdserve.contract.lifecycle import TERMINAL_EVENTS
 from sdserve.keys import Keys
+
+TERMINAL = {event.value.encode() for event in TERMINAL_EVENTS}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -43,6 +46,9 @@ class Service:
         self.prefix = f"bench{uuid.uuid4().hex[:6]}"
         self.data = data
         env = {
+            # no metrics endpoints (another sdserve on this host may hold their ports), unless asked for
+            "SDSERVE_WORKER_METRICS_PORT": "0",
+            "SDSERVE_DISPATCHER_METRICS_PORT": "0",
             **os.environ,
             "SDSERVE_PORT": str(self.port),
             "SDSERVE_DATA_DIR": str(data),
@@ -50,9 +56,7 @@ class Service:
             "SDSERVE_LOG_LEVEL": "warning",
         }
         log = (data / "up.log").open("w")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("sdserve")), "up"], env=env, stdout=log, stderr=log
-        )
+        self.proc = subprocess.Popen([sys.executable, "-m", "sdserve.cli", "up"], env=env, stdout=log, stderr=log)
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 300
         while "ready." not in (data / "up.log").read_text():
@@ -60,7 +64,9 @@ class Service:
                 raise SystemExit((data / "up.log").read_text())
             time.sleep(0.2)
         self.client = httpx.Client(timeout=60)
-        self.redis = redis.Redis.from_url(os.environ.get("SDSERVE_REDIS_URL", "redis://127.0.0.1:6379/0"))
+        self.redis = redis.Redis.from_url(  # reads block for 10 s: longer than redis-py's default socket timeout
+            os.environ.get("SDSERVE_REDIS_URL", "redis://127.0.0.1:6379/0"), socket_timeout=30
+        )
         self.keys = Keys(self.prefix)
 
     def run(self, body: dict[str, Any]) -> tuple[float, float, float, dict[str, Any]]:
@@ -74,7 +80,7 @@ class Service:
             for _, items in entries:
                 for entry_id, fields in items:
                     last = entry_id
-                    done = done or fields[b"event"] in (b"succeeded", b"failed", b"canceled")
+                    done = done or fields[b"event"] in TERMINAL
             if done:
                 break
         t_done = time.perf_counter() - t0
@@ -97,7 +103,7 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from worker.builtin import ensure_builtin
+    from worker.models.builtin import ensure_builtin
 
     body = {
         "model": "tiny",
