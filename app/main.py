@@ -26,6 +26,7 @@ from app.jobs.routes import job_router
 from app.middleware import (
     AccessLogMiddleware,
     BodyLimitMiddleware,
+    BodyTimeoutMiddleware,
     CallerHeadersMiddleware,
     DuplicateKeysMiddleware,
     JsonBodyMiddleware,
@@ -34,7 +35,7 @@ from app.middleware import (
 from app.openapi import build as build_openapi
 from app.openapi import document_webhooks
 from app.routes import admin, catalog, docs, files, health, playground, problems
-from app.server import BodyTimeoutMiddleware, server_options
+from app.server import server_options
 from app.state import GatewayState
 from app.uploads import routes as uploads
 from app.uploads.store import Uploads
@@ -179,10 +180,10 @@ def create_app(settings: Settings | None = None, kinds: Sequence[GatewayKind] = 
                 "RateLimit-Reset", "Idempotent-Replayed", "Preference-Applied",
             ],
         )  # fmt: skip
+    app.add_middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout_seconds)
     app.add_middleware(CallerHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware, metrics=state.metrics)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout_seconds)
     return app
 
 

@@ -6,6 +6,7 @@ Pure ASGI (not ``BaseHTTPMiddleware``) so that streaming responses and the event
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.deps import CALLER, REQUEST_ID, Caller
-from sdserve.contract.problems import PAYLOAD_TOO_LARGE, VALIDATION_ERROR, ProblemType
+from sdserve.contract.problems import PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, VALIDATION_ERROR, ProblemType
 from sdserve.observe.logs import bind
 from sdserve.observe.metrics import Metrics
 
@@ -228,6 +229,7 @@ class BodyLimitMiddleware:
             await _send_too_large(scope, send, limit)
             return
         seen = 0
+        answered = False
 
         async def counting_receive() -> Message:
             nonlocal seen
@@ -238,7 +240,19 @@ class BodyLimitMiddleware:
                     raise HTTPException(status_code=413, detail=_too_large_detail(limit))
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def noting_send(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, noting_send)
+        except HTTPException as exc:
+            # A middleware inside this one read the body (the endpoint's own reads become a problem in FastAPI's
+            # handler): the 413 is answered here, not turned into a 500.
+            if exc.status_code != 413 or answered:
+                raise
+            await _send_too_large(scope, send, limit)
 
 
 def _too_large_detail(limit: int) -> str:
@@ -271,3 +285,54 @@ async def _send_problem(
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooSlow(Exception):
+    """The body missed its deadline (raised from ``receive``, wherever in the app the body was being read)."""
+
+
+class BodyTimeoutMiddleware:
+    """408 ``request-timeout``, and the connection closed, for a body that takes longer than ``seconds`` to arrive.
+
+    It sits inside the request-id and access-log middlewares (the 408 carries the request id and is logged) and
+    outside every reader of the body (the JSON checks, the routes, multipart parsing).
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline: float | None = None
+        done = False
+        started = False
+
+        async def bounded() -> Message:
+            nonlocal deadline, done
+            if done:
+                return await receive()  # the body is in: what follows is a disconnect, wait for it freely
+            if deadline is None:
+                deadline = time.monotonic() + self.seconds
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise _BodyTooSlow from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        async def noting_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, bounded, noting_send)
+        except _BodyTooSlow:
+            log.info("request body too slow: closing the connection", extra={"path": scope["path"]})
+            if not started:
+                detail = f"the request body took longer than {self.seconds:g} s to arrive"
+                await _send_problem(scope, send, 408, REQUEST_TIMEOUT, detail, close=True)

@@ -3,19 +3,16 @@
 A client that opens a connection and trickles its request line and headers (or its body) a byte at a time
 would hold a connection, and memory, for as long as it likes: uvicorn has no such deadline of its own. The
 protocol below closes a connection whose request head is not complete ``header_timeout`` seconds after its
-first byte (or after the connection opened); ``BodyTimeoutMiddleware`` answers 408 and closes the connection
-when a body takes longer than ``body_timeout`` seconds to arrive. Behind a proxy (the advice for any
+first byte (or after the connection opened); ``app.middleware.BodyTimeoutMiddleware`` answers 408 and closes
+the connection when a body takes longer than ``body_timeout`` seconds to arrive. Behind a proxy (the advice for any
 deployment), the proxy's own timeouts apply first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -56,41 +53,6 @@ def protocol_with_header_timeout(header_timeout: float) -> type[HttpToolsProtoco
             super().connection_lost(exc)
 
     return HeaderTimeoutProtocol
-
-
-class BodyTimeoutMiddleware:
-    """408, and the connection closed, for a request body that takes longer than ``seconds`` to arrive."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        deadline: float | None = None
-        done = False
-
-        async def bounded() -> Message:
-            nonlocal deadline, done
-            if done:
-                return await receive()  # the body is in: what follows is a disconnect, wait for it freely
-            if deadline is None:
-                deadline = time.monotonic() + self.seconds
-            try:
-                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise HTTPException(
-                    status_code=408,
-                    detail=f"the request body took longer than {self.seconds:g} s to arrive",
-                    headers={"Connection": "close"},
-                ) from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                done = True
-            return message
-
-        await self.app(scope, bounded, send)
 
 
 def server_options(header_timeout: float) -> dict[str, Any]:

@@ -168,11 +168,14 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
 class LiveServer:
     """uvicorn serving an app on a loopback port from a background thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
+        """``options``: more uvicorn options (``app.server.server_options`` gives the gateway's own)."""
         import uvicorn
 
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", server_header=False)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", server_header=False, **options
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -205,8 +205,8 @@ WORKER_LOST = problem(
 )  # fmt: skip
 STORAGE_FAILED = problem(
     "storage-failed", ON_JOB, "The results could not be stored",
-    "Set on a failed job: the object store refused its results (full, or unreachable) on every attempt. "
-    "Submit it again once storage is back.",
+    "Set on a failed job: the object store refused its results (full, or unreachable); none of its files were "
+    "kept. Submit it again once storage is back.",
 )  # fmt: skip
 WEIGHTS_LOAD_FAILED = problem(
     "adapter-load-failed", ON_JOB, "A LoRA or embedding could not be loaded",
