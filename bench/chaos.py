@@ -141,7 +141,7 @@ class Options:
     take a tenth of a second: a blind pick mostly hits an idle worker); else any worker."""
     redis_restarts: int = 2
     redis_signal: str = "term"
-    """``term``: graceful shutdown (flushes the AOF); ``kill``: SIGKILL."""
+    """``term``: graceful shutdown (flushes the AOF); ``kill``: SIGKILL; ``mixed``: alternately, TERM first."""
     redis_down_seconds: float = 2.0
     stalls: int = 0
     """Busy workers stopped (SIGSTOP) for ``stall_seconds`` and resumed (SIGCONT)."""
@@ -196,6 +196,7 @@ class Report:
     worker_crashes: int = 0
     """Workers that exited without being killed by the chaos loop (restarted, and listed in problems)."""
     redis_restarts: int = 0
+    redis_signals: list[str] = field(default_factory=list)
     requeues: int = 0
     """``queued`` events with ``"reason": "worker-lost"`` in the ledger's job streams."""
     requeued_jobs: int = 0
@@ -248,7 +249,7 @@ class Report:
             (f"Redis out of memory ({o.oom_seconds:g} s each)", self.oom_phases),
             ("clock skew: dispatcher + / first worker − (s)", f"{o.skew_seconds:g} / {o.skew_seconds / 2:g}"),
             ("worker crashes (not killed by the run)", self.worker_crashes),
-            (f"Redis restarts (SIG{o.redis_signal.upper()})", self.redis_restarts),
+            (f"Redis restarts ({o.redis_signal})", f"{self.redis_restarts} ({', '.join(self.redis_signals)})"),
             ("requeues (worker-lost events) / jobs requeued", f"{self.requeues} / {self.requeued_jobs}"),
             ("jobs hit by a kill / of them requeued", f"{len(set(self.mid_job_victims))} / {self.victims_requeued}"),
             ("kill to requeue p50 / max (s)", self._spread(self.kill_to_requeue)),
@@ -300,6 +301,7 @@ class Cluster:
         self.labels: dict[int, str] = {}
         """pid -> the label of the worker's log file."""
         self.generation = 0
+        self.redis_restarts_done = 0
         self.client = redis.Redis(host="127.0.0.1", port=self.redis_port, socket_timeout=5, socket_connect_timeout=2)
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
@@ -374,10 +376,16 @@ class Cluster:
                 raise RuntimeError("redis-server did not start:\n" + self.log_tail("redis-server"))
             time.sleep(0.05)
 
+    def redis_signal(self) -> signal.Signals:
+        """The signal of the next restart."""
+        choice = self.options.redis_signal
+        if choice == "mixed":
+            choice = ("term", "kill")[self.redis_restarts_done % 2]
+        return signal.SIGKILL if choice == "kill" else signal.SIGTERM
+
     def restart_redis(self) -> None:
         assert self.redis_proc is not None
-        sig = signal.SIGKILL if self.options.redis_signal == "kill" else signal.SIGTERM
-        self.redis_proc.send_signal(sig)
+        self.redis_proc.send_signal(self.redis_signal())
         self.redis_proc.wait(timeout=30)
         time.sleep(self.options.redis_down_seconds)
         self.start_redis()
@@ -692,7 +700,8 @@ class ChaosRun:
                 continue
             if stall_at and now >= stall_at[0] and now < end:
                 stall_at.pop(0)
-                self.stall(min(end, now + 10))
+                if not self.stall(min(end, now + 10)) and now + 3 < end:
+                    stall_at.insert(0, now + 3)  # no busy worker to stall (Redis down?): try again soon
                 continue
             if kills_left and now < end:
                 if self.targeted_kill(min(end, now + 10)):
@@ -700,9 +709,12 @@ class ChaosRun:
                 continue
             if restarts and now >= restarts[0]:
                 restarts.pop(0)
-                self.say(f"restarting Redis (SIG{o.redis_signal.upper()}, down {o.redis_down_seconds:.0f}s)")
+                sig = c.redis_signal()
+                self.say(f"restarting Redis ({sig.name}, down {o.redis_down_seconds:.0f}s)")
                 c.restart_redis()
+                c.redis_restarts_done += 1
                 self.report.redis_restarts += 1
+                self.report.redis_signals.append(sig.name)
                 self.say("Redis is back")
                 continue
             if now >= next_kill and now < end and c.workers:
@@ -902,7 +914,7 @@ def main() -> None:
     parser.add_argument("--targeted-kills", type=int, default=0, help="first kill this many workers mid-job")
     parser.add_argument("--busy-wait", type=float, default=2.0, help="seconds a kill waits for a busy worker")
     parser.add_argument("--redis-restarts", type=int, default=2)
-    parser.add_argument("--redis-signal", choices=("term", "kill"), default="term")
+    parser.add_argument("--redis-signal", choices=("term", "kill", "mixed"), default="term")
     parser.add_argument("--redis-down", type=float, default=2.0, help="seconds Redis stays down per restart")
     parser.add_argument("--stalls", type=int, default=0, help="busy workers to SIGSTOP and later SIGCONT")
     parser.add_argument("--stall-seconds", type=float, default=18.0, help="how long each stall lasts")

@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 
 from sdserve.jobs.janitor import Janitor
 from sdserve.jobs.presence import WorkerPresence
-from sdserve.jobs.tracker import JobTracker, retrying
+from sdserve.jobs.tracker import JobTracker, patient_connection, retrying
 from sdserve.keys import Keys
 from sdserve.observe.logs import configure_logging
 from sdserve.observe.metrics import Metrics, serve_metrics
@@ -31,7 +31,7 @@ from sdserve.settings import Settings
 from sdserve.storage.factory import open_store
 from worker.engine import slot
 from worker.engine.kind import Runner
-from worker.engine.rqworker import SdWorker
+from worker.engine.rqworker import BELL_WAIT_SECONDS, SdWorker
 from worker.engine.runner import Engine
 from worker.images.batching import Batcher
 from worker.images.runner import ImageRunner
@@ -203,7 +203,7 @@ def serve(settings: Settings) -> None:
     name = worker_name(settings.worker_name)
     metrics = Metrics()
     serve_metrics(metrics, settings.host, settings.worker_metrics_port, "worker")  # a taken port stops us here
-    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    connection = patient_connection(settings.redis_url, health_check_interval=30, socket_timeout=BELL_WAIT_SECONDS + 25)
     warn_about_redis(connection, "worker")
     parts = warm_up(settings, name, metrics)
     setup_tracing(settings, "worker")

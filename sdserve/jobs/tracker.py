@@ -43,6 +43,17 @@ def retrying(call: Callable[[], T], *, retries: int = OUTAGE_RETRIES) -> T:
     return policy.call_with_retry(call, on_error)
 
 
+def patient_connection(url: str, **options: Any) -> redis.Redis:
+    """A Redis connection for a worker: every command (RQ's bookkeeping included) rides out a full Redis
+    (``maxmemory`` with ``noeviction``) and dropped connections for about two minutes, instead of raising.
+
+    Retrying a refused command is safe: Redis refuses a command, a MULTI/EXEC transaction or a script over
+    its maxmemory before it has any effect.
+    """
+    policy = Retry(ExponentialBackoff(cap=5.0, base=0.25), OUTAGE_RETRIES, supported_errors=UNAVAILABLE)
+    return redis.Redis.from_url(url, retry=policy, retry_on_error=list(UNAVAILABLE), **options)
+
+
 def problem_error(problem: ProblemType, detail: str | None) -> JobError:
     """The error a job records for a problem type of the catalogue."""
     return JobError(type=problem.type, title=problem.title, detail=detail)
