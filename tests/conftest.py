@@ -263,6 +263,8 @@ def background_worker(
     """A real worker that keeps taking jobs (RQ burst after burst) until the block ends."""
     stop = threading.Event()
     failures: list[BaseException] = []
+    for model in settings.worker_models:  # warm before the block starts, as `sdserve worker` is before it takes jobs
+        pipelines.load(model)
 
     def loop() -> None:
         while not stop.is_set():
