@@ -1,4 +1,5 @@
-"""Dynamic batching: compatible queued jobs share forward passes, each gets the image it would get alone."""
+"""Dynamic batching: compatible queued jobs share forward passes, each gets the image it would get alone
+(within the float noise of the batch: the bound the docs promise, the same as for image i of a job)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from PIL import Image
 from sdserve.keys import Keys
 from sdserve.settings import Settings
 from tests.conftest import run_burst
-
-pytestmark = pytest.mark.integration
+from tests.integration.test_txt2img_flow import assert_reproduced_alone
+from worker.images.steps import StepCallback
 
 BODY = {"width": 64, "height": 64, "steps": 4, "scheduler": "euler"}
 
@@ -55,8 +56,7 @@ def test_batched_jobs_get_the_images_they_would_get_alone(
         assert batched["status"] == "succeeded"
         assert [i["seed"] for i in batched["images"]] == [i["seed"] for i in one["images"]]
         for index in range(len(one["images"])):
-            diff = np.abs(image(one, index) - image(batched, index))
-            assert diff.max() <= 3 and diff.mean() < 0.5, (diff.max(), diff.mean())
+            assert_reproduced_alone(image(batched, index), image(one, index))
     manifest = httpx.get(together[1]["manifest_url"]).json()
     assert manifest["effective"]["batch_size"] == 4 and manifest["effective"]["seeds"] == [12, 13]
 
@@ -80,17 +80,16 @@ def test_incompatible_jobs_wait_their_turn_and_nothing_starves(
 def test_canceling_one_job_of_a_batch_leaves_the_others(
     client: httpx.Client, settings: Settings, redis_client: redis.Redis, pipelines: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.progress import StepReporter
-
     ids = [client.post("/v1/txt2img", json={**BODY, "prompt": p, "steps": 6}).json()["id"] for p in "abc"]
-    report = StepReporter.report
+    report = StepCallback.report
 
-    def cancel_second(self: StepReporter, step: int, latents: Any = None) -> None:
+    def cancel_second(self: StepCallback, step: int, latents: Any = None) -> None:
         if step == 2:
+            assert [m.job.id for m in self.members] == ids  # one pipeline call for the three jobs
             client.post(f"/v1/jobs/{ids[1]}/cancel")
         report(self, step, latents)
 
-    monkeypatch.setattr(StepReporter, "report", cancel_second)
+    monkeypatch.setattr(StepCallback, "report", cancel_second)
     run_burst(settings.model_copy(update={"max_batch_images": 8, "batch_linger_ms": 0}), redis_client, pipelines)
     jobs = [client.get(f"/v1/jobs/{i}").json() for i in ids]
     assert [j["status"] for j in jobs] == ["succeeded", "canceled", "succeeded"]

@@ -35,7 +35,7 @@ def run(client: httpx.Client, run_worker: Any, path: str, body: dict[str, Any]) 
     assert created.status_code == 202, created.text
     run_worker()
     job = client.get(f"/v1/jobs/{created.json()['id']}").json()
-    assert job["status"] == "succeeded", job
+    assert job["status"] == "succeeded", (job["error"], job["timings"])
     return job, Image.open(io.BytesIO(httpx.get(job["images"][0]["url"]).content)).convert("RGB")
 
 

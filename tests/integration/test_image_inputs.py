@@ -64,22 +64,22 @@ def test_formats_other_than_png_jpeg_webp_are_refused(client: httpx.Client, sett
 
 
 @pytest.mark.parametrize(
-    ("image", "reason"),
+    ("image", "reason", "slug"),
     [
-        ("data:image/gif;base64,R0lGODlhAQABAAAAACw=", "image/gif"),
-        ("data:text/plain;base64,aGVsbG8=", "text/plain"),
-        ("data:image/png,notbase64", "data URI"),
-        ("!!! not base64 !!!", "base64"),
-        ("aGVsbG8gd29ybGQ=", "PNG, JPEG or WEBP"),  # valid base64 of garbage
-        ("upl_0123456789abcdef0123456789abcdef", "unknown"),
+        ("data:image/gif;base64,R0lGODlhAQABAAAAACw=", "image/gif", "invalid-image"),
+        ("data:text/plain;base64,aGVsbG8=", "text/plain", "invalid-image"),
+        ("data:image/png,notbase64", "data URI", "invalid-image"),
+        ("!!! not base64 !!!", "base64", "invalid-image"),
+        ("aGVsbG8gd29ybGQ=", "PNG, JPEG or WEBP", "invalid-image"),  # valid base64 of garbage
+        ("upl_0123456789abcdef0123456789abcdef", "unknown", "unusable-input"),  # an id, not an image
     ],
 )
 def test_bad_image_fields_name_the_field_and_why(
-    client: httpx.Client, settings: Settings, image: str, reason: str
+    client: httpx.Client, settings: Settings, image: str, reason: str, slug: str
 ) -> None:
     body = refused(client.post("/v1/img2img", json={"prompt": "x", "image": image}), 422, "body.image")
     assert reason in body["errors"][0]["message"]
-    assert body["type"] == "/problems/invalid-image"
+    assert body["type"] == f"/problems/{slug}"
     assert no_stored_inputs(settings)
 
 

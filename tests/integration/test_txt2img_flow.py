@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 import redis
 from PIL import Image
 from rq.job import Job as RQJob

@@ -137,7 +137,7 @@ def generate_client(openapi_url: str, folder: Path) -> None:
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Loopback webhook receivers are allow-listed (so a job here may have a webhook to redeliver)."""
-    return settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.0/8"]})
+    return settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.0/8:8080"]})
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ waits behind more than one batch (bounded waiting, no starvation).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -74,8 +75,8 @@ class Batcher:
         if not request or text(status) != JobStatus.QUEUED.value:
             return None
         try:
-            return parse_request(text(request))
-        except ValidationError:
+            return parse_request(json.loads(text(request)))  # the record's hash holds the request as JSON text
+        except (ValueError, ValidationError):
             return None
 
     def collect(self, job_id: str, queue: str) -> list[str]:

@@ -143,13 +143,14 @@ class ImageRunner:
         # 6. Store each live job's images, mask and manifest under its own attempt.
         results: dict[str, dict[str, Any]] = {}
         live = {job.id for job in reporter.live()}
+        batch_images = sum(r.num_images for r in requests)  # images per forward pass (the manifest's batch_size)
         self._observe([r for j, r in zip(jobs, requests, strict=True) if j.id in live], model)
         for i, (job, request, done) in enumerate(zip(jobs, requests, finished, strict=True)):
             if job.id not in live:
                 continue  # canceled or superseded during the call: its outputs are not stored
             job.timings.update(ctx.timings)
             with span("sdserve.store", **{"sdserve.job_id": job.id}):
-                results[job.id] = self._store(job, request, model, denoised, i, done, activation, pipe, len(jobs))
+                results[job.id] = self._store(job, request, model, denoised, i, done, activation, pipe, batch_images)
         return results
 
     def _denoise(
@@ -212,6 +213,7 @@ class ImageRunner:
         pipe: Any,
         batch: int,
     ) -> dict[str, Any]:
+        """Store one job's outputs; ``batch``: the images of the pipeline call it ran in (all jobs')."""
         started = time.perf_counter()
         seeds = denoised.seeds[index]
         images = [GeneratedImage(index=i, seed=s, image=img) for i, (s, img) in enumerate(zip(seeds, done.images,
