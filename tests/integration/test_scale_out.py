@@ -2,16 +2,10 @@
 
 Workers are real subprocesses (`sdserve worker`, the tiny model on the CPU, one torch thread each)
 sharing one Redis queue and one store; jobs go in through the real gateway. Every job must run exactly
-once (one start, one attempt, one result), and the throughput of two workers must beat one's on this
-2-core machine.
+once (one start, one attempt, one result), and both workers take their share of the one queue.
 
-Timing on a shared 2-core machine is noisy, and noise only ever slows a burst down. So the bursts run
-in the order 1, 2, 2, 1 workers (a linear drift in background load hits both sides alike) and each
-side keeps its fastest burst; if the speed-up still falls short, one more 2-then-1 round runs. Each
-worker runs in its own session, as `sdserve up` starts its children: with the kernel's autogroup
-scheduling a session shares the CPU with other sessions as one unit, so workers started inside the test's
-session would split one share between them. The report gives the CPU seconds each configuration got:
-on a machine busy with other work, two workers cannot get two cores, and the test says so.
+How much faster two workers are than one is a measurement, not a test: ``bench/scale_out.py`` (figures in
+``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -22,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -41,9 +34,6 @@ SDSERVE = [sys.executable, "-m", "sdserve.cli"]
 """The `sdserve` command, as `sdserve up` starts its children."""
 JOBS_PER_BURST = 16
 REQUEST = {"prompt": "a lighthouse, scaled out", "width": 64, "height": 64, "steps": 8}
-MIN_SPEEDUP = 1.3
-STARVED_CORES = 1.5
-"""Below this many cores for two workers, other processes held the machine (see the end of the test)."""
 TERMINAL = {b"succeeded", b"failed", b"canceled"}
 
 
@@ -80,7 +70,15 @@ class Workers:
         self.keys = Keys(settings.key_prefix)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str) -> None:
+    def start(self, *names: str) -> None:
+        """Start workers (at once: they warm up side by side) and wait until each is ready."""
+        for name in names:
+            self._spawn(name)
+        for name in names:
+            wait_for(lambda name=name: self.ready(name) or self.exited(name), timeout=180)
+            assert not self.exited(name), self.log(name)
+
+    def _spawn(self, name: str) -> None:
         env = worker_env(self.settings, self.models_cache, name)
         log = (self.folder / f"{name}.log").open("wb")
         # The working directory is empty: no stray .env is read.
@@ -92,21 +90,11 @@ class Workers:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(lambda: self.ready(name) or self.exited(name), timeout=180)
-        assert not self.exited(name), self.log(name)
 
     def ready(self, name: str) -> bool:
         """Whether the worker started as ``name`` is ready (it registers as ``<name>.<pid>.<random>``)."""
         full = f"{name}.{self.procs[name].pid}."
         return any(n.startswith(full) and w.ready for n, w in live_workers(self.redis, self.keys).items())
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) the running workers have used so far."""
-        total = 0.0
-        for proc in self.procs.values():
-            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
 
     def exited(self, name: str) -> bool:
         return self.procs[name].poll() is not None
@@ -172,7 +160,7 @@ def warm(client: httpx.Client, workers: Workers, names: set[str]) -> list[JobRec
     pytest.fail(f"workers {names - seen} never took a job")
 
 
-def test_every_job_runs_once_and_two_workers_beat_one(
+def test_every_job_runs_once_and_two_workers_share_one_queue(
     client: httpx.Client,
     settings: Settings,
     redis_client: redis.Redis,
@@ -181,40 +169,14 @@ def test_every_job_runs_once_and_two_workers_beat_one(
 ) -> None:
     workers = Workers(settings, models_cache, tmp_path, redis_client)
     every: list[JobRecord] = []
-    timings: dict[int, list[float]] = {1: [], 2: []}
-    cores: dict[int, list[float]] = {1: [], 2: []}  # CPU seconds the workers got per wall second
-
-    def measure(count: int, expected_workers: set[str]) -> None:
-        cpu = workers.cpu_seconds()
-        wall, records = burst(client, workers, JOBS_PER_BURST)
-        cores[count].append((workers.cpu_seconds() - cpu) / wall)
-        every.extend(records)
-        ran = Counter(short(r.worker) for r in records)
-        assert set(ran) == expected_workers, ran
-        if count == 2:  # both take their share of the one queue
-            assert min(ran.values()) >= JOBS_PER_BURST // 4, ran
-        timings[count].append(wall)
-
     try:
-        workers.start("w1")  # the first start also generates the tiny model into the shared cache
-        every += warm(client, workers, {"w1"})
-        measure(1, {"w1"})
-        workers.start("w2")
+        workers.start("w1", "w2")
         every += warm(client, workers, {"w1", "w2"})
-        measure(2, {"w1", "w2"})
-        measure(2, {"w1", "w2"})
-        workers.stop("w2")
-        measure(1, {"w1"})
-
-        def speedup() -> float:
-            return min(timings[1]) / min(timings[2])
-
-        if speedup() < MIN_SPEEDUP:  # one more round before calling it: background load only slows
-            workers.start("w3")
-            every += warm(client, workers, {"w3"})
-            measure(2, {"w1", "w3"})
-            workers.stop("w3")
-            measure(1, {"w1"})
+        _, records = burst(client, workers, JOBS_PER_BURST)
+        every += records
+        ran = Counter(short(r.worker) for r in records)
+        assert set(ran) == {"w1", "w2"}, ran
+        assert min(ran.values()) >= JOBS_PER_BURST // 4, ran  # both take their share of the one queue
     finally:
         workers.stop_all()
 
@@ -223,29 +185,10 @@ def test_every_job_runs_once_and_two_workers_beat_one(
     for record in every:
         assert record.status.value == "succeeded", (record.id, record.error)
         assert record.attempts == 1, record.id
-        assert short(record.worker) in {"w1", "w2", "w3"}
+        assert short(record.worker) in {"w1", "w2"}
         assert len(ImageJobResult.model_validate(record.result).images) == 1
         events = redis_client.xrange(workers.keys.events(record.id))
         assert [e[b"event"] for _, e in events].count(b"started") == 1, record.id
-
-    per_job_1 = min(timings[1]) / JOBS_PER_BURST
-    report = (
-        f"{JOBS_PER_BURST}-job bursts, wall s: 1 worker {[round(t, 2) for t in timings[1]]}, "
-        f"2 workers {[round(t, 2) for t in timings[2]]}; best 1 worker {per_job_1 * 1000:.0f} ms/job, "
-        f"speed-up {speedup():.2f}x; cores the workers got: 1 worker {[round(c, 2) for c in cores[1]]}, "
-        f"2 workers {[round(c, 2) for c in cores[2]]} (load average {os.getloadavg()[0]:.1f})"
-    )
-    print(report)
-    if speedup() >= MIN_SPEEDUP:
-        return
-    # Short of the bound. Acceptable only when other work on the machine kept the two workers from two
-    # cores, and then the throughput must still follow the CPU they did get (the queue does not
-    # serialise them). A free machine gives two single-threaded workers well over 1.5 cores.
-    room = max(cores[2])
-    assert room < STARVED_CORES, f"two workers had {room:.2f} cores and still fell short: {report}"
-    assert speedup() >= 1.1, report
-    assert speedup() >= 0.8 * room / max(cores[1]), f"throughput did not follow the CPU: {report}"
-    warnings.warn(f"scale-out measured on a busy machine, the {MIN_SPEEDUP}x bound not checked: {report}", stacklevel=1)
 
 
 def test_a_worker_whose_metrics_port_is_taken_exits_naming_the_setting(
