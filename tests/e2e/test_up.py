@@ -62,37 +62,10 @@ def generate(base: str) -> dict[str, Any]:
     return job
 
 
-def test_up_serves_the_readme_example_and_stops_cleanly(tmp_path: Path, redis_url: str) -> None:
-    port = free_port()
-    prefix = f"e{uuid.uuid4().hex[:8]}"
-    proc, log = start(
-        {
-            "SDSERVE_PORT": str(port),
-            "SDSERVE_REDIS_URL": redis_url,
-            "SDSERVE_KEY_PREFIX": prefix,
-            "SDSERVE_LOG_LEVEL": "warning",
-        },
-        tmp_path,
-    )
-    try:
-        wait_for(lambda: "ready." in log.read_text() or proc.poll() is not None, timeout=180, interval=0.2)
-        assert proc.poll() is None, log.read_text()
-        text = log.read_text()
-        assert f"http://127.0.0.1:{port}" in text and "curl" in text
-        base = f"http://127.0.0.1:{port}"
-        job = generate(base)
-        image = httpx.get(job["images"][0]["url"])
-        assert Image.open(io.BytesIO(image.content)).size == (256, 256)
-        assert (tmp_path / "data" / "objects" / "outputs" / job["id"] / "1" / "0.png").is_file()  # attempt 1
-    finally:
-        code = stop(proc)
-    assert code == 0, log.read_text()
-    assert "stopped" in log.read_text()
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-
-
-def test_up_starts_its_own_redis_when_none_answers(tmp_path: Path) -> None:
+def test_up_starts_its_own_redis_serves_the_readme_example_and_stops_cleanly(tmp_path: Path) -> None:
+    """The README's first command on a machine where no Redis answers: `sdserve up` starts one (append-only),
+    serves the README's curl example on the default model, and Ctrl-C stops everything it started.
+    (With a Redis that answers, ``test_up_starts_a_worker_that_exits_again_with_backoff`` uses it.)"""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     port, redis_port = free_port(), free_port()
@@ -107,12 +80,20 @@ def test_up_starts_its_own_redis_when_none_answers(tmp_path: Path) -> None:
     try:
         wait_for(lambda: "ready." in log.read_text() or proc.poll() is not None, timeout=180, interval=0.2)
         assert proc.poll() is None, log.read_text()
-        assert f"started redis-server on 127.0.0.1:{redis_port}" in log.read_text()
+        text = log.read_text()
+        assert f"started redis-server on 127.0.0.1:{redis_port}" in text
+        assert f"http://127.0.0.1:{port}" in text and "curl" in text
         assert redis.Redis(port=redis_port).config_get("appendonly")["appendonly"] == "yes"
-        generate(f"http://127.0.0.1:{port}")
+        job = generate(f"http://127.0.0.1:{port}")
+        image = httpx.get(job["images"][0]["url"])
+        assert Image.open(io.BytesIO(image.content)).size == (256, 256)
+        assert (tmp_path / "data" / "objects" / "outputs" / job["id"] / "1" / "0.png").is_file()  # attempt 1
     finally:
         code = stop(proc)
     assert code == 0, log.read_text()
+    assert "stopped" in log.read_text()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     time.sleep(0.2)
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=redis_port, socket_connect_timeout=1).ping()
