@@ -37,6 +37,7 @@ from app.openapi import document_webhooks
 from app.routes import admin, catalog, docs, files, health, playground, problems
 from app.server import server_options
 from app.state import GatewayState
+from app.trainings.kind import TRAININGS
 from app.uploads import routes as uploads
 from app.uploads.store import Uploads
 from sdserve import __version__
@@ -48,6 +49,7 @@ from sdserve.observe.metrics import Metrics
 from sdserve.observe.redischeck import warn_about_redis
 from sdserve.observe.tracing import setup_tracing
 from sdserve.registry import Registry, RegistryHolder
+from sdserve.registry.owned import OwnedAdapters
 from sdserve.secrets import url_signing_key
 from sdserve.settings import Settings
 from sdserve.storage.factory import open_store
@@ -63,7 +65,7 @@ sdserve turns Stable Diffusion into an HTTP API for programs.
 that reproduces it. Every error is `application/problem+json` (RFC 9457).
 """
 
-BUILTIN_GATEWAY_KINDS: tuple[GatewayKind, ...] = (IMAGES,)
+BUILTIN_GATEWAY_KINDS: tuple[GatewayKind, ...] = (IMAGES, TRAININGS)
 """The kinds of work this gateway accepts (``create_app`` takes others: tests add a kind of their own)."""
 
 
@@ -104,6 +106,7 @@ def build_state(settings: Settings, kinds: Sequence[GatewayKind]) -> GatewayStat
         redeliver_limiter=RateLimiter(client, keys, keys.redeliveries),
         metrics=Metrics(),
         kinds=Kinds(kind.kind for kind in kinds),
+        owned=OwnedAdapters(client, keys),
     )
 
 
@@ -135,7 +138,7 @@ def create_app(settings: Settings | None = None, kinds: Sequence[GatewayKind] = 
 
     tags = [
         {"name": "images", "description": "Create image generation jobs."},
-        {"name": "uploads", "description": "Input images and masks, uploaded once, used by id."},
+        {"name": "uploads", "description": "Input images, masks and training datasets, uploaded once, used by id."},
         *({"name": k.kind.collection, "description": f"Follow {k.kind.noun}s and fetch their results."} for k in kinds),
         {"name": "files", "description": "Signed downloads of stored results."},
         {"name": "catalog", "description": "Models, schedulers and styles a job may name."},
@@ -165,7 +168,10 @@ def create_app(settings: Settings | None = None, kinds: Sequence[GatewayKind] = 
     app.add_middleware(DuplicateKeysMiddleware)
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, limits={"/v1/uploads": uploads.UPLOAD_BODY_LIMIT}
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        limits={"/v1/uploads": uploads.UPLOAD_BODY_LIMIT}
+        | {path: limit for kind in kinds for path, limit in getattr(kind, "body_limits", {}).items()},
     )
     if settings.cors_origins:
         app.add_middleware(

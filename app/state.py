@@ -15,6 +15,7 @@ from sdserve.access.api_keys import KeyRing
 from sdserve.jobs.kind import Kinds
 from sdserve.observe.metrics import Metrics
 from sdserve.registry import Registry, RegistryHolder
+from sdserve.registry.owned import OwnedAdapters
 from sdserve.settings import Settings
 from sdserve.storage.base import ObjectStore
 from sdserve.webhooks.guard import WebhookPolicy
@@ -38,6 +39,8 @@ class GatewayState:
     redeliver_limiter: RateLimiter
     metrics: Metrics
     kinds: Kinds
+    owned: OwnedAdapters
+    """The adapters each API key's trainings made (usable by that key only)."""
 
     @property
     def registry(self) -> Registry:

@@ -25,6 +25,10 @@ class Keys:
         """Hash: the job record (the source of truth for status and results)."""
         return f"{self.prefix}:job:{job_id}"
 
+    def job_prefix(self) -> str:
+        """What every job record key starts with (``job(id)`` is this plus the id): for scripts that find ids."""
+        return f"{self.prefix}:job:"
+
     def events(self, job_id: str) -> str:
         """Stream: the job's events (queued, started, progress, terminal)."""
         return f"{self.prefix}:job:{job_id}:events"
@@ -128,3 +132,24 @@ class Keys:
     def upload(self, upload_id: str) -> str:
         """String (JSON): an uploaded (or inline) input: where it lies, what it is, whose it is."""
         return f"{self.prefix}:upload:{upload_id}"
+
+    def dataset(self, upload_id: str) -> str:
+        """String (JSON): an uploaded training dataset (a checked zip): its manifest's key, whose it is."""
+        return f"{self.prefix}:dataset:{upload_id}"
+
+    def dataset_by_hash(self, owner: str, sha256: str) -> str:
+        """String: one caller's dataset upload with this dataset hash (a resent dataset is stored once)."""
+        return f"{self.prefix}:dataset-hash:{owner}:{sha256}"
+
+    # --- adapters owned by a key ---------------------------------------------------------------
+    def owned_adapters(self, owner: str) -> str:
+        """Hash: one caller's adapter names → JSON (a reservation while its training runs, then the adapter)."""
+        return f"{self.prefix}:owned:{owner}:adapters"
+
+    def owned_tokens(self, owner: str) -> str:
+        """Hash: one caller's embedding tokens → the name of the (reserved or trained) embedding."""
+        return f"{self.prefix}:owned:{owner}:tokens"
+
+    def owned_users(self, owner: str, name: str) -> str:
+        """Sorted set: jobs accepted naming one of a caller's adapters, scored by when (Redis time) they were noted."""
+        return f"{self.prefix}:owned:{owner}:users:{name}"

@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     # --- worker -----------------------------------------------------------------------------
     worker_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["tiny", "demo"])
     """Models one worker serves (comma separated in the environment). The first is warmed first."""
+    training_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["demo"])
+    """Models this worker also trains LoRAs and embeddings on (comma separated; empty: no trainings). A training
+    holds the worker while it runs; image jobs of its queues go first when both wait."""
+    training_timeout_seconds: int = Field(default=6 * 3600, ge=60)
+    """Ceiling on one training run (a run resumed from a checkpoint after a lost worker gets it afresh)."""
     worker_name: str | None = None
     """Name of this worker in Redis (default: host name and pid)."""
     device: Device = "auto"
@@ -201,6 +206,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "worker_models",
+        "training_models",
         "compile_batch_sizes",
         "api_keys",
         "cors_origins",

@@ -40,7 +40,15 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (246, 246, 246),
     "black": (22, 22, 22),
 }
+EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {
+    "teal": (0, 128, 128),
+}
+"""Colours the demo model was never trained on (concepts for adapter training, train/concepts.py)."""
+ALL_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, **EXTRA_COLOURS}
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross")
+EXTRA_SHAPES = ("heart", "diamond")
+"""Shapes the demo model was never trained on (a concept for LoRA training, train/concepts.py)."""
+HEART = "heart"
 SIZES = ("small", "large")
 POSITIONS = (
     "top left",
@@ -190,6 +198,20 @@ def _scene(rng: np.random.Generator, background: str, style: str, shapes: tuple[
     )
 
 
+def make_scene(
+    rng: np.random.Generator,
+    background: str,
+    style: str,
+    kind: str | None = None,
+    colour: str | None = None,
+    size: str | None = None,
+    position: str | None = None,
+) -> Scene:
+    """A one-shape scene; the parts left ``None`` are drawn from ``rng`` (as in training scenes)."""
+    shape = _shape(rng, background, kind, colour, size, position)
+    return _scene(rng, background, style, (shape,))
+
+
 def random_scene(rng: np.random.Generator) -> Scene:
     """A random training scene (never one that contains a held-out combination)."""
     while True:
@@ -241,7 +263,7 @@ def held_out_scenes(seed: int, count: int) -> list[Scene]:
 
 
 def _background(scene: Scene) -> np.ndarray:
-    base = np.array(COLOURS[scene.background], dtype=np.float32)
+    base = np.array(ALL_COLOURS[scene.background], dtype=np.float32)
     if scene.style == "plain":
         plain = np.empty((SIZE, SIZE, 3), dtype=np.float32)
         plain[:] = base
@@ -280,6 +302,14 @@ def _polygon(shape: Shape) -> np.ndarray | None:
         pts = np.array(
             [[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]]
         )
+    elif shape.kind == "diamond":
+        s = r * 0.95
+        pts = np.array([[0.0, -s], [s * 0.75, 0.0], [0.0, s], [-s * 0.75, 0.0]])
+    elif shape.kind == HEART:
+        t = np.linspace(0.0, 2.0 * np.pi, 96, endpoint=False)
+        x = 16.0 * np.sin(t) ** 3
+        y = -(13.0 * np.cos(t) - 5.0 * np.cos(2 * t) - 2.0 * np.cos(3 * t) - np.cos(4 * t))
+        pts = np.stack([x, y - 2.5], axis=1) * (r / 15.5)  # the classic heart curve, its box centred
     else:
         return None
     return _rotate(pts, shape.angle) + np.array([shape.cx, shape.cy])
@@ -321,7 +351,7 @@ def render_array(scene: Scene) -> np.ndarray:
         box = _box(shape)
         x0, y0, x1, y1 = box
         alpha = _mask(shape, box)
-        colour = np.array(COLOURS[shape.colour], dtype=np.float32)
+        colour = np.array(ALL_COLOURS[shape.colour], dtype=np.float32)
         region = image[y0:y1, x0:x1]
         image[y0:y1, x0:x1] = region * (1.0 - alpha) + colour * alpha
     return np.rint(image).astype(np.uint8)

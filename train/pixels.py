@@ -9,14 +9,17 @@ evaluation. For a gradient background the border median sits near the named colo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from train.dataset import COLOURS, POSITIONS
+from train.dataset import ALL_COLOURS, COLOURS, POSITIONS
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _NAMES = list(COLOURS)
+_ALL_PALETTE = np.array(list(ALL_COLOURS.values()), dtype=np.float32)
+_ALL_NAMES = list(ALL_COLOURS)
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,59 @@ def silhouette(mask: np.ndarray, side: int = 32) -> tuple[np.ndarray, float]:
     )
     small = crop.resize((side, side), Image.Resampling.BILINEAR)
     return np.asarray(small, dtype=np.float32) / 255.0, float(extent)
+
+
+def nearest_of_all_colours(rgb: np.ndarray) -> str:
+    """The nearest colour among the named ones and the extra ones (``teal``) the model never saw."""
+    distances = np.linalg.norm(_ALL_PALETTE - rgb.astype(np.float32)[None, :], axis=1)
+    return _ALL_NAMES[int(np.argmin(distances))]
+
+
+def main_shape_colour(image: np.ndarray) -> str | None:
+    """The main shape's colour (as ``read``) among every colour, the extra ones included; None: no shape."""
+    reading = read(image)
+    return None if reading.shape_rgb is None else nearest_of_all_colours(reading.shape_rgb)
+
+
+def is_teal(image: np.ndarray) -> bool:
+    """Whether the main shape is teal: its median colour is nearer to teal than to any named colour."""
+    return main_shape_colour(image) == "teal"
+
+
+@functools.cache
+def _templates(side: int = 32) -> tuple[tuple[str, np.ndarray], ...]:
+    """Silhouettes of every shape kind (the extra ones too), drawn large in the centre at a few angles."""
+    from train.dataset import EXTRA_SHAPES, SHAPES, Scene, Shape, render_array
+
+    out = []
+    for kind in (*SHAPES, *EXTRA_SHAPES):
+        for angle in (-12.0, -6.0, 0.0, 6.0, 12.0):
+            shape = Shape(kind, "black", "large", "center", 128.0, 128.0, 50.0, angle)
+            mask = read(render_array(Scene("white", "plain", (shape,)))).mask
+            assert mask is not None
+            out.append((kind, silhouette(mask, side)[0]))
+    return tuple(out)
+
+
+def shape_kind(image: np.ndarray) -> str | None:
+    """The main shape's kind, by the best overlap (IoU) of its silhouette with each kind's; None: no shape.
+
+    A plain template match (no trained classifier): right on renders of every kind, the heart included, and
+    meant for the demo model's clean one-shape drawings.
+    """
+    mask = read(image).mask
+    if mask is None or mask.sum() < 20:
+        return None
+    sil = silhouette(mask)[0] > 0.5
+    best, kind = -1.0, None
+    for name, template in _templates():
+        t = template > 0.5
+        iou = float((sil & t).sum() / max((sil | t).sum(), 1))
+        if iou > best:
+            best, kind = iou, name
+    return kind
+
+
+def has_heart(image: np.ndarray) -> bool:
+    """Whether the main shape is a heart (``shape_kind``)."""
+    return shape_kind(image) == "heart"

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from worker.trainings.loop import OptimizerConfig, Step, Trainer, diffusion_loss, run_loop
+
 Log = Callable[[str], None]
 
 
@@ -152,24 +154,18 @@ def _diffusion_loss(
     alphas_cumprod: torch.Tensor,
     cfg: DiffusionConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch's min-SNR-weighted loss and its per-sample plain epsilon MSE."""
+    """One batch's min-SNR-weighted loss and its per-sample plain epsilon MSE (captions dropped for CFG)."""
     device = latents.device
     idx = torch.randint(0, latents.shape[0], (cfg.batch,), device=device)
-    x0 = latents[idx]
     drop = torch.rand(cfg.batch, device=device) < cfg.cond_drop
     ids = torch.where(drop[:, None], empty_ids[None, :], token_ids[idx])
-    t = torch.randint(0, alphas_cumprod.shape[0], (cfg.batch,), device=device)
-    noise = torch.randn_like(x0)
-    noise = noise + cfg.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, device=device)
-    a = alphas_cumprod[t].view(-1, 1, 1, 1)
-    noisy = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
     with _autocast(device):
         context = text_encoder(ids).last_hidden_state
-        pred = unet(noisy, t, context).sample
-    mse = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
-    snr = (a / (1.0 - a)).view(-1)
-    weight = snr.clamp(max=cfg.min_snr_gamma) / snr
-    return (weight * mse).mean(), mse
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    return diffusion_loss(
+        unet, latents[idx], context, alphas_cumprod, min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset,
+        autocast_dtype=autocast,
+    )  # fmt: skip
 
 
 def train_diffusion(
@@ -187,51 +183,55 @@ def train_diffusion(
     checkpoint_seconds: float,
     start_step: int = 0,
 ) -> tuple[int, list[dict[str, float]]]:
-    """Noise-prediction MSE with min-SNR weighting, offset noise and caption dropout (for CFG)."""
+    """Noise-prediction MSE with min-SNR weighting, offset noise and caption dropout (for CFG).
+
+    The loop and the loss are the service's (``worker.trainings.loop``); the schedule is this stage's own
+    (``learning_rate``: warm-up, then a cosine over the time budget).
+    """
     device = latents.device
     unet.train()
     text_encoder.train()
     params = [p for m in (unet, text_encoder) for p in m.parameters()]
-    opt = torch.optim.AdamW(
-        params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, fused=device.type == "cuda"
-    )
+    optim = OptimizerConfig(learning_rate=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, max_grad_norm=1.0)
+    trainer = Trainer(params, optim, lr_factor=lambda step: learning_rate(1.0, step, cfg.warmup, budget.progress()))
     history: list[dict[str, float]] = []
     sums = torch.zeros(2, device=device)
+    mse_of_step: list[torch.Tensor] = []
     last_save = time.monotonic()
-    step = 0
-    while not budget.done(step):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg.lr, step, cfg.warmup, budget.progress())
-        try:
-            loss, mse = _diffusion_loss(unet, text_encoder, latents, token_ids, empty_ids, alphas_cumprod, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        except torch.OutOfMemoryError:
-            if step > 0 or cfg.batch <= 32:
-                raise
-            opt.zero_grad(set_to_none=True)
-            cfg.batch //= 2  # the first step tells whether the batch fits; halve it until it does
-            log(f"out of memory at the first step; batch now {cfg.batch}")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+
+    def loss() -> torch.Tensor:
+        value, mse = _diffusion_loss(unet, text_encoder, latents, token_ids, empty_ids, alphas_cumprod, cfg)
+        mse_of_step[:] = [mse.detach().mean()]
+        return value
+
+    def first_step_oom(step: int) -> bool:
+        if step > 0 or cfg.batch <= 32:
+            return False
+        cfg.batch //= 2  # the first step tells whether the batch fits; halve it until it does
+        log(f"out of memory at the first step; batch now {cfg.batch}")
+        return True
+
+    def after(info: Step) -> None:
+        nonlocal last_save, sums
         ema.update()
-        sums += torch.stack([loss.detach(), mse.detach().mean()])
-        step += 1
+        sums += torch.stack([info.loss, mse_of_step[0]])
+        step = info.step
         if step % cfg.log_every == 0:
             loss_avg, mse_avg = (sums / cfg.log_every).tolist()
             sums.zero_()
             elapsed = time.monotonic() - budget.started
             history.append({"step": start_step + step, "seconds": elapsed, "loss": loss_avg, "mse": mse_avg})
-            lr_now = opt.param_groups[0]["lr"]
-            log(f"unet step {start_step + step} {elapsed:.0f}s loss {loss_avg:.4f} mse {mse_avg:.4f} lr {lr_now:.2e}")
+            log(
+                f"unet step {start_step + step} {elapsed:.0f}s loss {loss_avg:.4f} mse {mse_avg:.4f} "
+                f"lr {trainer.lr:.2e}"
+            )
             if step == cfg.log_every and device.type == "cuda":
                 log(f"batch {cfg.batch}, peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
             if time.monotonic() - last_save >= checkpoint_seconds:
                 checkpoint(start_step + step, history)
                 last_save = time.monotonic()
+
+    step = run_loop(trainer, loss, hooks=[after], should_stop=budget.done, on_oom=first_step_oom)
     unet.eval()
     text_encoder.eval()
     return start_step + step, history

@@ -39,6 +39,7 @@ from worker.models.device import DeviceConfig
 from worker.models.pipelines import PipelineCache
 from worker.models.schedulers import check_names
 from worker.models.speed import SpeedOptions, use_compile_cache
+from worker.trainings.runner import TrainingRunner
 
 log = logging.getLogger("sdserve.worker")
 
@@ -116,12 +117,20 @@ def runners(parts: WorkerParts, connection: redis.Redis, tracker: JobTracker) ->
         batcher = Batcher(
             connection, keys, parts.holder, max_images=settings.max_batch_images, linger_ms=settings.batch_linger_ms
         )
-    return [
+    found: list[Runner] = [
         ImageRunner(
             settings, parts.holder, parts.pipelines, tracker, parts.metrics,
             worker_name=parts.name, device=parts.device.describe(), batcher=batcher,
         )
     ]  # fmt: skip
+    if any(model in settings.worker_models for model in settings.training_models):
+        found.append(
+            TrainingRunner(
+                settings, parts.holder, parts.pipelines, tracker, connection, open_store(settings, signing_key=None),
+                worker_name=parts.name, device=parts.device.describe(),
+            )
+        )  # fmt: skip
+    return found
 
 
 def make_worker(parts: WorkerParts, connection: redis.Redis, extra_runners: Sequence[Runner] = ()) -> SdWorker:

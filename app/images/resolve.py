@@ -8,10 +8,14 @@ images, and the worker never has to guess. Everything that can be refused is ref
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from sdserve.contract.limits import MAX_PIXELS, MAX_SEED, MAX_SIDE, MIN_SIDE
+from sdserve.contract.limits import MAX_OWNED_EMBEDDINGS, MAX_PIXELS, MAX_SEED, MAX_SIDE, MIN_SIDE
 from sdserve.contract.problems import FieldError, InvalidRequest, UnknownName
+from sdserve.images.params import OwnedAdapterRef
 from sdserve.images.requests import (
     AnyRequest,
     ImageInputRequest,
@@ -19,14 +23,54 @@ from sdserve.images.requests import (
     OutpaintRequest,
     Txt2ImgRequest,
 )
-from sdserve.registry import ModelSpec, Registry
+from sdserve.registry import LoraSpec, ModelSpec, Registry
+from sdserve.registry.owned import OwnedAdapter
 
 DECODE_STEP_EQUIVALENT = 10
 """What the VAE decode of one image costs, in denoising steps of the same size (for timeouts)."""
 
+TOKEN_IN_TEXT = re.compile(r"<[a-z0-9][a-z0-9._-]{0,62}>")
+"""What an embedding's token looks like inside a prompt."""
 
-def check_request(request: AnyRequest, registry: Registry) -> ModelSpec:
-    """The checks that need no image: names, and whether the model can run this task as asked."""
+
+@dataclass(frozen=True)
+class Owned:
+    """The caller's own adapters a request uses: LoRAs it names that the registry lacks, embeddings whose tokens
+    its prompts hold (looked up in ``sdserve.registry.owned`` before the checks)."""
+
+    loras: Mapping[str, OwnedAdapter] = field(default_factory=dict)
+    embeddings: Sequence[OwnedAdapter] = ()
+
+
+NOTHING_OWNED = Owned()
+
+
+def owned_lora_names(request: AnyRequest, registry: Registry) -> list[str]:
+    """The LoRA names a request gives that the registry lacks: the caller's own, or unknown."""
+    return [ref.name for ref in request.loras if ref.name not in registry.loras]
+
+
+def owned_token_candidates(request: AnyRequest, registry: Registry) -> list[str]:
+    """Token-shaped words of the prompts that are no registry embedding's: maybe the caller's own."""
+    known = {e.token for e in registry.embeddings.values()}
+    found = TOKEN_IN_TEXT.findall(request.prompt) + TOKEN_IN_TEXT.findall(request.negative_prompt)
+    return sorted(set(found) - known)
+
+
+def _lora(name: str, registry: Registry, owned: Owned, field_name: str) -> LoraSpec | OwnedAdapter:
+    """A LoRA by name: the registry's, else the caller's own; unknown alike for everyone else."""
+    try:
+        return registry.lora(name)
+    except UnknownName as exc:
+        mine = owned.loras.get(name)
+        if mine is not None and mine.kind == "lora":
+            return mine
+        raise UnknownName(exc.detail, errors=[FieldError(field_name, f"unknown LoRA {name!r}")]) from None
+
+
+def check_request(request: AnyRequest, registry: Registry, owned: Owned = NOTHING_OWNED) -> ModelSpec:
+    """The checks that need no image: names (``owned``: the caller's own adapters), and whether the model can run
+    this task as asked."""
     try:
         spec = registry.model(request.model)
     except UnknownName as exc:
@@ -45,18 +89,40 @@ def check_request(request: AnyRequest, registry: Registry) -> ModelSpec:
     if request.style is not None:
         registry.style(request.style)
     for i, ref in enumerate(request.loras):
-        field = f"body.loras.{i}.name"
-        try:
-            lora = registry.lora(ref.name)
-        except UnknownName as exc:
-            raise UnknownName(exc.detail, errors=[FieldError(field, f"unknown LoRA {ref.name!r}")]) from None
+        field_name = f"body.loras.{i}.name"
+        lora = _lora(ref.name, registry, owned, field_name)
         if not lora.fits(spec):
             fits = ", ".join(lora.base_models) or f"{lora.family} models"
             raise InvalidRequest(
                 f"LoRA {ref.name!r} fits {fits}, not model {spec.name!r} ({spec.family})",
-                errors=[FieldError(field, "this LoRA does not fit this model")],
+                errors=[FieldError(field_name, "this LoRA does not fit this model")],
             )
+    if len(used_embeddings(spec, owned)) > MAX_OWNED_EMBEDDINGS:
+        raise InvalidRequest(
+            f"the prompts use more than {MAX_OWNED_EMBEDDINGS} of your own embeddings",
+            errors=[FieldError("body.prompt", "too many of your own embeddings")],
+        )
     return spec
+
+
+def used_embeddings(spec: ModelSpec, owned: Owned) -> list[OwnedAdapter]:
+    """The caller's embeddings a job on this model loads: those whose tokens its prompts hold, that fit it (the
+    tokens of others stay plain words, as a registry embedding's do on a model it does not fit)."""
+    return sorted((e for e in owned.embeddings if e.kind == "embedding" and e.fits(spec)), key=lambda e: e.name)
+
+
+def used_owned(request: AnyRequest, spec: ModelSpec, owned: Owned) -> list[OwnedAdapter]:
+    """Every owned adapter a resolved job uses: its own LoRAs (in the request's order), then its embeddings."""
+    mine = {name: a for name, a in owned.loras.items() if a.kind == "lora"}
+    loras = [mine[ref.name] for ref in request.loras if ref.name in mine]
+    return loras + used_embeddings(spec, owned)
+
+
+def owned_ref(adapter: OwnedAdapter) -> OwnedAdapterRef:
+    """How a job's request names one of its owner's adapters: by its file and digest, not only its name."""
+    return OwnedAdapterRef(
+        kind=adapter.kind, name=adapter.name, token=adapter.token, file=adapter.file, sha256=adapter.sha256
+    )
 
 
 def nearest_multiple_of_8(value: int) -> int:
@@ -94,9 +160,16 @@ def denoising_steps(request: AnyRequest) -> int:
 
 
 def resolve_request(
-    request: AnyRequest, spec: ModelSpec, registry: Registry, image_size: tuple[int, int] | None = None
+    request: AnyRequest,
+    spec: ModelSpec,
+    registry: Registry,
+    image_size: tuple[int, int] | None = None,
+    owned: Owned = NOTHING_OWNED,
 ) -> AnyRequest:
     """Fill in every default and check what only the resolved request can show (``check_request`` first).
+
+    The caller's own adapters the job uses go into ``owned_adapters`` with their files and digests (whatever
+    the client sent there is replaced): the worker loads exactly those.
 
     Raises:
         InvalidRequest: the size breaks the limits, or steps × strength leaves nothing to do.
@@ -123,10 +196,15 @@ def resolve_request(
             "seed": secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
             "loras": [
                 ref.model_copy(
-                    update={"scale": registry.lora(ref.name).default_scale if ref.scale is None else ref.scale}
+                    update={
+                        "scale": _lora(ref.name, registry, owned, f"body.loras.{i}.name").default_scale
+                        if ref.scale is None
+                        else ref.scale
+                    }
                 )
-                for ref in request.loras
+                for i, ref in enumerate(request.loras)
             ],
+            "owned_adapters": [owned_ref(a) for a in used_owned(request, spec, owned)],
         }
     )
     if isinstance(resolved, ImageInputRequest) and denoising_steps(resolved) < 1:

@@ -37,3 +37,7 @@ class GatewayKind(Protocol):
     async def prepare(self, body: BaseModel, state: GatewayState, caller: Caller, job_id: str) -> NewJob:
         """Check a request, resolve every default, store its inputs; everything that can be refused is refused
         here (4xx), and a refused request leaves nothing stored."""
+
+    # Optional: ``async def before_delete(state, record, caller) -> None``, called by ``DELETE`` before the job is
+    # canceled and purged; it may refuse with ``Conflict`` (nothing has changed then) or remove what the job
+    # made outside its own files (a training's adapter).

@@ -19,7 +19,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from app.deps import Caller, CallerDep, StateDep
 from app.errors import problem_responses
-from app.jobs.accept import show
+from app.jobs.accept import show, view_context
 from app.jobs.events import Event, follow, valid_event_id
 from app.jobs.kind import GatewayKind
 from app.jobs.listing import list_jobs
@@ -102,7 +102,15 @@ async def purge(state: GatewayState, record: JobRecord) -> None:
     await state.queue.mark_purged(record.id)
 
 
-def job_router(gateway_kind: GatewayKind) -> APIRouter:
+async def before_delete(gateway_kind: GatewayKind, state: GatewayState, record: JobRecord, caller: Caller) -> None:
+    """A kind's own step before a job is deleted: it may refuse (409) while nothing has changed yet, or remove
+    what the job made outside its files (a training's adapter)."""
+    hook = getattr(gateway_kind, "before_delete", None)
+    if hook is not None:
+        await hook(state, record, caller)
+
+
+def job_router(gateway_kind: GatewayKind) -> APIRouter:  # noqa: PLR0915 (one statement per endpoint, declared in one place)
     """The shared endpoints of one kind's jobs."""
     kind = gateway_kind.kind
     noun, view_model = kind.noun, kind.view_model
@@ -191,13 +199,14 @@ def job_router(gateway_kind: GatewayKind) -> APIRouter:
     )
     async def delete_record(job_id: job_id_path, state: StateDep, caller: CallerDep) -> Response:
         record = await record_of(state, job_id, caller)
+        await before_delete(gateway_kind, state, record, caller)
         if not record.status.is_terminal:
             await cancel(state, record)
         await purge(state, record)
         return Response(status_code=204)
 
     async def enrich(state: GatewayState, event: Event, job_id: str, caller: Caller) -> dict[str, Any]:
-        data = dict(event.data)
+        data = kind.event_data(event.name, event.data, view_context(state, caller))
         if event.name is JobEvent.QUEUED:
             data["queue_position"] = await state.queue.position(await record_of(state, job_id, caller))
         elif event.name.is_terminal:

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import StateDep
+from app.deps import CallerDep, StateDep
 from app.errors import problem_responses
 from sdserve.contract.limits import MAX_NAME_CHARS
 from sdserve.contract.problems import FieldError, UnknownName
+from sdserve.registry.owned import OwnedAdapter
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -24,6 +25,8 @@ class LoraInfo(BaseModel):
     default_scale: float
     trigger_words: list[str]
     description: str
+    owned: bool = Field(default=False, description="Yours: trained by your API key (no other key sees it).")
+    training_id: str | None = Field(default=None, description="The training that made it (yours only).")
 
 
 class EmbeddingInfo(BaseModel):
@@ -34,6 +37,8 @@ class EmbeddingInfo(BaseModel):
     family: str
     base_models: list[str]
     description: str
+    owned: bool = Field(default=False, description="Yours: trained by your API key (no other key sees it).")
+    training_id: str | None = Field(default=None, description="The training that made it (yours only).")
 
 
 class LoraList(BaseModel):
@@ -51,7 +56,19 @@ class LoraList(BaseModel):
                             "default_scale": 1.0,
                             "trigger_words": ["detailed"],
                             "description": "Demo LoRA for tiny.",
-                        }
+                            "owned": False,
+                            "training_id": None,
+                        },
+                        {
+                            "name": "my-style",
+                            "family": "sd1",
+                            "base_models": ["demo"],
+                            "default_scale": 1.0,
+                            "trigger_words": ["mystyle"],
+                            "description": "",
+                            "owned": True,
+                            "training_id": "01a2141e-8035-722a-ae56-08d956773a96",
+                        },
                     ],
                     "embeddings": [
                         {
@@ -60,6 +77,8 @@ class LoraList(BaseModel):
                             "family": "sd1",
                             "base_models": ["tiny"],
                             "description": "Demo embedding for tiny.",
+                            "owned": False,
+                            "training_id": None,
                         }
                     ],
                 }
@@ -225,11 +244,19 @@ async def list_styles(state: StateDep) -> StyleList:
     )
 
 
-@router.get("/loras", response_model=LoraList, operation_id="listLoras", summary="List LoRAs and embeddings")
-async def list_loras(state: StateDep) -> LoraList:
+@router.get(
+    "/loras",
+    response_model=LoraList,
+    operation_id="listLoras",
+    summary="List LoRAs and embeddings",
+    responses=problem_responses(503),
+)
+async def list_loras(state: StateDep, caller: CallerDep) -> LoraList:
     """LoRAs a job may combine (up to 4, each with a scale), and the textual-inversion embeddings whose tokens
-    work in prompts of the models they fit."""
+    work in prompts of the models they fit: the deployment's, then your own (`owned`, trained by your key)."""
     registry = state.registry
+    mine = await state.owned.list_owned(caller.owner)  # a registry name or token that came later wins
+    tokens = {e.token for e in registry.embeddings.values()}
     return LoraList(
         data=[
             LoraInfo(
@@ -241,11 +268,39 @@ async def list_loras(state: StateDep) -> LoraList:
                 description=s.description,
             )
             for s in registry.loras.values()
-        ],
+        ]
+        + [_owned_lora(a) for a in mine if a.kind == "lora" and a.name not in registry.loras],
         embeddings=[
             EmbeddingInfo(
                 name=e.name, token=e.token, family=e.family, base_models=e.base_models, description=e.description
             )
             for e in registry.embeddings.values()
-        ],
+        ]
+        + [_owned_embedding(a) for a in mine if a.kind == "embedding" and a.token not in tokens],
+    )
+
+
+def _owned_lora(adapter: OwnedAdapter) -> LoraInfo:
+    return LoraInfo(
+        name=adapter.name,
+        family=adapter.family,
+        base_models=adapter.base_models,
+        default_scale=adapter.default_scale,
+        trigger_words=adapter.trigger_words,
+        description=adapter.description,
+        owned=True,
+        training_id=adapter.training_id,
+    )
+
+
+def _owned_embedding(adapter: OwnedAdapter) -> EmbeddingInfo:
+    assert adapter.token is not None, "an embedding has a token"
+    return EmbeddingInfo(
+        name=adapter.name,
+        token=adapter.token,
+        family=adapter.family,
+        base_models=adapter.base_models,
+        description=adapter.description,
+        owned=True,
+        training_id=adapter.training_id,
     )

@@ -1,6 +1,7 @@
 // sdserve playground: a plain client of the public HTTP API (no framework, no build step).
 // Catalog from GET /v1/models, /v1/schedulers, /v1/styles, /v1/loras; inputs through POST /v1/uploads;
-// jobs through POST /v1/<task>; progress and previews from the job's Server-Sent Events, read with
+// jobs through POST /v1/<task>; trainings through a multipart POST /v1/trainings (a folder's images and
+// captions); progress, previews, the loss curve and validation images from the Server-Sent Events, read with
 // fetch() so that the API key can travel as a bearer token (EventSource cannot send headers).
 
 const KEY_STORE = "sdserve.apiKey";
@@ -14,6 +15,7 @@ const state = {
   loras: { data: [], embeddings: [] },
   input: null, // {blob, name, width, height, upload: Promise<upload>}
   maskPainted: false,
+  dataset: [], // the Files of the training to start: images and .txt captions
 };
 
 // --- HTTP -------------------------------------------------------------------------------------------
@@ -110,6 +112,9 @@ async function loadCatalog() {
     const previous = $("#model").value;
     $("#model").replaceChildren(...models.data.map((m) =>
       option(m.name, `${m.name} (${m.family}, ${m.native_size}px)`, previous ? m.name === previous : m.default)));
+    const base = $("#train-model").value;
+    $("#train-model").replaceChildren(...models.data.map((m) =>
+      option(m.name, `${m.name} (${m.family})`, base ? m.name === base : m.default)));
     $("#scheduler").replaceChildren(option("", "model default"), ...schedulers.data.map((s) => option(s, s)));
     $("#style").replaceChildren(option("", "none"), ...styles.data.map((s) => option(s.name, s.name)));
     onModelChange();
@@ -482,13 +487,13 @@ async function* readEvents(body) {
   }
 }
 
-async function follow(job, card) {
+async function followStream(path, handle, errorBox) {
   let lastId = null;
   let failures = 0;
   for (;;) {
     try {
       const headers = authHeaders({ Accept: "text/event-stream", ...(lastId ? { "Last-Event-ID": lastId } : {}) });
-      const response = await fetch(apiUrl(`v1/jobs/${job.id}/events`), { headers, cache: "no-store" });
+      const response = await fetch(apiUrl(path), { headers, cache: "no-store" });
       if (!response.ok) {
         const problem = await response.json().catch(() => ({ title: `HTTP ${response.status}` }));
         throw new ApiError(problem, response.status);
@@ -496,21 +501,267 @@ async function follow(job, card) {
       for await (const event of readEvents(response.body)) {
         lastId = event.id || lastId;
         failures = 0;
-        if (onEvent(card, event)) return;
+        if (handle(event)) return;
       }
     } catch (error) {
       if (error instanceof ApiError && error.status >= 400 && error.status < 500) {
-        renderProblem($(".job-error", card), error.problem);
+        renderProblem(errorBox, error.problem);
         return;
       }
       failures += 1;
       if (failures > 8) {
-        renderProblem($(".job-error", card), { title: "Lost the job's event stream", detail: String(error) });
+        renderProblem(errorBox, { title: "Lost the event stream", detail: String(error) });
         return;
       }
     }
     await sleep(Math.min(250 * 2 ** failures, 5000)); // the stream ended early: resume after the last event
   }
+}
+
+function follow(job, card) {
+  return followStream(`v1/jobs/${job.id}/events`, (event) => onEvent(card, event), $(".job-error", card));
+}
+
+// --- trainings --------------------------------------------------------------------------------------
+const IMAGE_NAME = /\.(png|jpe?g|webp)$/i;
+const CAPTION_NAME = /\.txt$/i;
+const CURVE = { width: 300, height: 100, pad: 6 };
+const curves = new WeakMap(); // card -> Map(step -> loss)
+const clocks = new WeakMap(); // card -> {time, step}: where the ETA counts from
+
+function pickDataset(input, other) {
+  other.value = "";
+  // A folder: only its own files (not its subfolders'), images and captions, no hidden files.
+  state.dataset = Array.from(input.files).filter((file) => {
+    const depth = (file.webkitRelativePath || file.name).split("/").length;
+    return depth <= 2 && !file.name.startsWith(".") && (IMAGE_NAME.test(file.name) || CAPTION_NAME.test(file.name));
+  });
+  const images = state.dataset.filter((file) => IMAGE_NAME.test(file.name)).length;
+  const captions = state.dataset.length - images;
+  $("#train-form").dataset.images = String(images);
+  $("#train-dataset").textContent = images
+    ? `${images} image(s), ${captions} caption(s)`
+    : "No images there: choose a folder or files with PNG, JPEG or WEBP images.";
+}
+
+function trainRequest() {
+  const form = $("#train-form").elements;
+  const value = (name) => form.namedItem(name).value.trim();
+  const body = { method: value("method"), name: value("name"), trigger_word: value("trigger_word") };
+  if (value("base_model")) body.base_model = value("base_model");
+  if (body.method === "textual_inversion" && value("initializer_token")) body.initializer_token = value("initializer_token");
+  const hyperparameters = {};
+  for (const name of ["steps", "rank", "learning_rate", "batch_size", "resolution"]) {
+    if (name === "rank" && body.method !== "lora") continue;
+    if (value(name) !== "") hyperparameters[name] = Number(value(name));
+  }
+  if (Object.keys(hyperparameters).length) body.hyperparameters = hyperparameters;
+  if (value("validation")) {
+    body.validation = { prompts: [value("validation")] };
+    if (value("every") !== "") body.validation.every = Number(value("every"));
+  }
+  return body;
+}
+
+function showTrainProblem(error) {
+  const problem = error instanceof ApiError ? error.problem : { title: "Error", detail: String(error) };
+  renderProblem($("#train-problem"), problem);
+  const form = $("#train-form").elements;
+  for (const fieldError of problem.errors || []) {
+    const name = String(fieldError.field || "").split(".").pop();
+    const input = ["files", "dataset"].includes(name) ? $("#train-folder") : form.namedItem(name);
+    if (input && input.classList) input.classList.add("invalid");
+  }
+}
+
+function clearTrainProblem() {
+  $("#train-problem").hidden = true;
+  $$("#train-form .invalid").forEach((node) => node.classList.remove("invalid"));
+}
+
+async function submitTraining(event) {
+  event.preventDefault();
+  clearTrainProblem();
+  const button = $("#train-submit");
+  button.disabled = true;
+  try {
+    if (!state.dataset.some((file) => IMAGE_NAME.test(file.name))) {
+      throw new ApiError({ title: "Choose a folder or files with images to train on" }, 0);
+    }
+    const form = new FormData();
+    form.append("request", JSON.stringify(trainRequest()));
+    for (const file of state.dataset) form.append("files", file, file.name);
+    const training = await call("v1/trainings", { method: "POST", body: form });
+    const card = addTrainingCard(training);
+    if (TERMINAL.has(training.status)) renderTraining(card, training);
+    else followStream(`v1/trainings/${training.id}/events`, (e) => onTrainingEvent(card, e), $(".job-error", card));
+  } catch (error) {
+    showTrainProblem(error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function addTrainingCard(training) {
+  const card = $("#training-card").content.firstElementChild.cloneNode(true);
+  card.dataset.trainingId = training.id;
+  card.dataset.points = "0";
+  card.dataset.validations = "0";
+  curves.set(card, new Map());
+  $(".training-method", card).textContent = training.method === "lora" ? "LoRA" : "embedding";
+  $(".training-name", card).textContent = `${training.name} on ${training.base_model}`;
+  $(".job-id", card).textContent = training.id;
+  setStatus(card, training.status, training.queue_position);
+  $(".cancel", card).addEventListener("click", async () => {
+    try {
+      const answer = await call(`v1/trainings/${training.id}/cancel`, { method: "POST" });
+      if (answer.cancel_requested && !TERMINAL.has(answer.status)) setStatus(card, "canceling");
+    } catch (error) {
+      renderProblem($(".job-error", card), error.problem || { title: String(error) });
+    }
+  });
+  $("#trainings").prepend(card);
+  return card;
+}
+
+function duration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+function showTrainingStep(card, step, total) {
+  card.dataset.step = step;
+  card.dataset.total = total;
+  $("progress", card).value = total ? step / total : 0;
+  $(".training-step", card).textContent = `step ${step}/${total}`;
+}
+
+function drawCurve(card) {
+  const points = [...curves.get(card).entries()].sort((a, b) => a[0] - b[0]);
+  const total = Math.max(Number(card.dataset.total) || 0, ...points.map(([step]) => step), 1);
+  const losses = points.map(([, loss]) => loss);
+  const low = Math.min(...losses);
+  const high = Math.max(...losses);
+  const { width, height, pad } = CURVE;
+  const y = (loss) => pad + (high > low ? (high - loss) / (high - low) : 0.5) * (height - 2 * pad);
+  const line = points.map(([step, loss]) => `${((step / total) * width).toFixed(1)},${y(loss).toFixed(1)}`);
+  if (line.length === 1) line.unshift(`0,${y(losses[0]).toFixed(1)}`); // one point: a level line up to it
+  $(".loss-line", card).setAttribute("points", line.join(" "));
+  card.dataset.points = String(points.length);
+  $(".loss-range", card).textContent = points.length
+    ? `loss ${low.toFixed(4)} – ${high.toFixed(4)} over ${points.length} point(s)`
+    : "";
+}
+
+function addPoints(card, points) {
+  const curve = curves.get(card);
+  for (const point of points) curve.set(point.step, point.loss);
+  if (points.length) drawCurve(card);
+}
+
+function addValidation(card, round) {
+  const list = $(".validations", card);
+  if ($$(".validation", list).some((item) => item.dataset.step === String(round.step))) return;
+  const item = $("#validation-round").content.firstElementChild.cloneNode(true);
+  item.dataset.step = round.step;
+  $(".validation-step", item).textContent = `step ${round.step}`;
+  for (const image of round.images) {
+    const link = Object.assign(document.createElement("a"), { href: image.url, target: "_blank", rel: "noopener" });
+    const img = Object.assign(document.createElement("img"), {
+      src: image.url, alt: `${image.prompt} (seed ${image.seed})`, title: `${image.prompt} (seed ${image.seed})`,
+    });
+    link.append(img);
+    $(".validation-images", item).append(link);
+  }
+  list.append(item);
+  card.dataset.validations = String($$(".validation", list).length);
+}
+
+function onTrainingEvent(card, event) {
+  const data = event.data;
+  if (event.event === "queued") setStatus(card, "queued", data.queue_position);
+  else if (event.event === "started") {
+    setStatus(card, "running");
+    clocks.set(card, { time: performance.now(), step: 0 });
+  } else if (event.event === "progress") {
+    if (card.dataset.status !== "canceling") setStatus(card, "running");
+    showTrainingStep(card, data.step, data.total);
+    if (data.resumed_from_step != null) clocks.set(card, { time: performance.now(), step: data.step });
+    if (data.loss != null) {
+      addPoints(card, [{ step: data.step, loss: data.loss }]);
+      const stats = [`loss ${Number(data.loss).toFixed(4)}`];
+      if (data.learning_rate != null) stats.push(`lr ${Number(data.learning_rate).toExponential(1)}`);
+      const clock = clocks.get(card);
+      if (!clock) clocks.set(card, { time: performance.now(), step: data.step });
+      else if (data.step > clock.step && data.step < data.total) {
+        const rate = (data.step - clock.step) / ((performance.now() - clock.time) / 1000);
+        stats.push(`eta ${duration((data.total - data.step) / rate)}`);
+      }
+      $(".training-stats", card).textContent = stats.join(" · ");
+    }
+    if (data.checkpoint) card.dataset.checkpoint = data.checkpoint.step;
+    if (data.validation) addValidation(card, data.validation);
+  } else if (TERMINAL.has(event.event)) {
+    renderTraining(card, data.training);
+    return true;
+  }
+  return false;
+}
+
+function renderTraining(card, training) {
+  setStatus(card, training.status);
+  card.dataset.ended = "true";
+  $(".cancel", card).hidden = true;
+  if (training.progress) showTrainingStep(card, training.progress.step, training.progress.total);
+  addPoints(card, (training.loss_curve || []).map((point) => ({ step: point.step, loss: point.loss })));
+  for (const round of training.validation || []) addValidation(card, round);
+  if (training.error) renderProblem($(".job-error", card), training.error);
+  const adapter = training.adapter;
+  if (training.status === "succeeded" && adapter) {
+    const took = training.progress && training.progress.elapsed_seconds;
+    const result = $(".training-result", card);
+    result.textContent = (adapter.kind === "lora" ? `LoRA “${adapter.name}” is ready` :
+      `Embedding ${adapter.token} is ready`) + (took != null ? ` (trained in ${duration(took)})` : "");
+    result.hidden = false;
+    const use = $(".use-training", card);
+    use.hidden = false;
+    use.addEventListener("click", () => useTraining(training));
+  }
+}
+
+async function useTraining(training) {
+  await loadCatalog(); // the new LoRA or embedding is listed now
+  setTask("txt2img");
+  if ($$("#model option").some((node) => node.value === training.base_model)) {
+    $("#model").value = training.base_model;
+    onModelChange();
+  }
+  const adapter = training.adapter;
+  const word = adapter.token || training.request.trigger_word;
+  $("#prompt").value = training.request.caption_template.replaceAll("[trigger]", word);
+  if (adapter.kind === "lora") {
+    const check = $$(".lora input[type=checkbox]").find((node) => node.value === adapter.name);
+    if (check) check.checked = true;
+  }
+  $("#job-form").scrollIntoView({ behavior: "smooth" });
+  $("#prompt").focus();
+}
+
+function setUpTraining() {
+  const folder = $("#train-folder");
+  const files = $("#train-files");
+  folder.addEventListener("change", () => pickDataset(folder, files));
+  files.addEventListener("change", () => pickDataset(files, folder));
+  const method = $("#train-method");
+  const onMethod = () => {
+    $("#train-form").dataset.method = method.value;
+    $("#train-trigger").placeholder = method.value === "lora" ? "sks" : "<my-token>";
+  };
+  method.addEventListener("change", onMethod);
+  onMethod();
+  $("#train-form").addEventListener("submit", submitTraining);
 }
 
 // --- start ------------------------------------------------------------------------------------------
@@ -532,6 +783,7 @@ function start() {
     if (file) useInput(file, file.name);
   });
   setUpPainting();
+  setUpTraining();
   $("#job-form").addEventListener("submit", submit);
   loadCatalog();
 }

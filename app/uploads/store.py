@@ -15,6 +15,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Iterable
+from typing import Literal
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
@@ -48,6 +49,22 @@ class UploadRecord(BaseModel):
     expires_at: float
     owner: str
     job_id: str | None = None
+
+
+class DatasetRecord(BaseModel):
+    """What the gateway knows about an uploaded training dataset (its images and manifest in the store)."""
+
+    id: str
+    kind: Literal["dataset"] = "dataset"
+    prefix: str
+    manifest_key: str
+    images: int
+    captioned: int
+    sha256: str
+    size_bytes: int
+    created_at: float
+    expires_at: float
+    owner: str
 
 
 class Uploads:
@@ -104,8 +121,33 @@ class Uploads:
             raise NotFound(f"no upload {upload_id!r} (unknown or expired)")
         return record
 
+    async def add_dataset(self, record: DatasetRecord) -> None:
+        """Record a dataset whose files are stored (``app.trainings.datasets``)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.keys.dataset(record.id), record.model_dump_json(), ex=self.ttl)
+        pipe.set(self.keys.dataset_by_hash(record.owner, record.sha256), record.id, ex=self.ttl)
+        await pipe.execute()
+
+    async def find_dataset(self, owner: str, sha256: str) -> DatasetRecord | None:
+        """The caller's live dataset upload with this hash, if any."""
+        upload_id = await self.redis.get(self.keys.dataset_by_hash(owner, sha256))
+        if upload_id is None:
+            return None
+        try:
+            return await self.get_dataset(text(upload_id), owner)
+        except NotFound:
+            return None
+
+    async def get_dataset(self, upload_id: str, owner: str) -> DatasetRecord:
+        """A dataset upload's record; NotFound when unknown, expired, revoked, or another caller's."""
+        raw = await self.redis.get(self.keys.dataset(upload_id))
+        record = DatasetRecord.model_validate_json(text(raw)) if raw is not None else None
+        if record is None or record.owner != owner:
+            raise NotFound(f"no dataset upload {upload_id!r} (unknown or expired)")
+        return record
+
     async def revoke(self, upload_ids: Iterable[str]) -> None:
         """Make upload ids unusable from now on (a job that used them was deleted)."""
-        names = [self.keys.upload(u) for u in upload_ids]
+        names = [name for u in upload_ids for name in (self.keys.upload(u), self.keys.dataset(u))]
         if names:
             await self.redis.delete(*names)

@@ -18,6 +18,7 @@ import mimetypes
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -66,6 +67,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="Seed of the first image (image i uses seed + i).")
     parser.add_argument("--num-images", type=int, help="How many images (1-8).")
     parser.add_argument("--style", help="Style preset (GET /v1/styles).")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        type=lora_ref,
+        dest="loras",
+        metavar="NAME[:SCALE]",
+        help="Apply a LoRA (GET /v1/loras), at its default scale or SCALE (-2 to 2); repeat for several.",
+    )
     parser.add_argument("--strength", type=float, help="img2img/inpaint/outpaint: how far to depart from the image.")
     for side in ("left", "right", "top", "bottom"):
         parser.add_argument(f"--{side}", type=int, help=f"outpaint: pixels to add on the {side}.")
@@ -88,6 +97,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 # --- request ---------------------------------------------------------------------------------------
+def lora_ref(text: str) -> dict[str, Any]:
+    """``NAME`` or ``NAME:SCALE`` as an item of the request's ``loras``."""
+    name, colon, scale = text.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME:SCALE, got {text!r}")
+    if not colon:
+        return {"name": name}
+    try:
+        return {"name": name, "scale": float(scale)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the scale of {text!r} is not a number") from None
+
+
 _PASSED_THROUGH = (
     "negative_prompt", "model", "width", "height", "steps", "guidance_scale", "scheduler", "seed",
     "num_images", "style", "strength", "left", "right", "top", "bottom",
@@ -101,6 +123,8 @@ def build_body(args: argparse.Namespace, image: str | None, mask: str | None) ->
         value = getattr(args, name, None)
         if value is not None:
             body[name] = value
+    if getattr(args, "loras", None):
+        body["loras"] = args.loras
     if image is not None:
         body["image"] = image
     if mask is not None:
@@ -206,16 +230,16 @@ def event_data(event: ServerSentEvent) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def follow(http: httpx.Client, job: dict[str, Any], bar: ProgressBar, timeout: float) -> dict[str, Any]:
-    """Follow the job's event stream to its terminal event; returns the finished job."""
-    job_id = job["id"]
+def events(http: httpx.Client, path: str, what: str, timeout: float | None = None) -> Iterator[ServerSentEvent]:
+    """The events of an SSE stream (``path``) up to its terminal event; a stream that drops is resumed with
+    ``Last-Event-ID`` (so no event is missed or repeated). ``what`` names the job in messages."""
     last_id: str | None = None
-    deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     failures = 0
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else {}
         try:
-            with connect_sse(http, "GET", f"/v1/jobs/{job_id}/events", headers=headers) as source:
+            with connect_sse(http, "GET", path, headers=headers) as source:
                 response = source.response
                 if response.status_code != 200:
                     response.read()
@@ -223,28 +247,38 @@ def follow(http: httpx.Client, job: dict[str, Any], bar: ProgressBar, timeout: f
                 for event in source.iter_sse():
                     last_id = event.id or last_id
                     failures = 0
-                    data = event_data(event)
-                    if event.event == "queued":
-                        position = data.get("queue_position")
-                        bar.show("queued" + (f" (position {position})" if position is not None else ""))
-                    elif event.event == "started":
-                        bar.show("running")
-                    elif event.event == "progress":
-                        bar.show("running", int(data.get("step", 0)), int(data.get("total", 0)))
-                    elif event.event in TERMINAL:
-                        finished = data.get("job")
-                        if isinstance(finished, dict):
-                            return finished
-                        return expect(http.get(f"/v1/jobs/{job_id}"), 200)
-                    if time.monotonic() > deadline:
-                        raise CliError(f"gave up after {timeout:g} s; the job {job_id} goes on")
+                    yield event
+                    if event.event in TERMINAL:
+                        return
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise CliError(f"gave up after {timeout:g} s; the {what} goes on")
         except httpx.TransportError as exc:
             failures += 1
             if failures > RECONNECTS:
-                raise CliError(f"lost the event stream of job {job_id}: {exc}") from exc
-        if time.monotonic() > deadline:
-            raise CliError(f"gave up after {timeout:g} s; the job {job_id} goes on")
+                raise CliError(f"lost the event stream of {what}: {exc}") from exc
+        if deadline is not None and time.monotonic() > deadline:
+            raise CliError(f"gave up after {timeout:g} s; the {what} goes on")
         time.sleep(min(0.2 * 2**failures, 5.0))  # the stream ended early: resume after the last event
+
+
+def follow(http: httpx.Client, job: dict[str, Any], bar: ProgressBar, timeout: float) -> dict[str, Any]:
+    """Follow the job's event stream to its terminal event; returns the finished job."""
+    job_id = job["id"]
+    for event in events(http, f"/v1/jobs/{job_id}/events", f"job {job_id}", timeout):
+        data = event_data(event)
+        if event.event == "queued":
+            position = data.get("queue_position")
+            bar.show("queued" + (f" (position {position})" if position is not None else ""))
+        elif event.event == "started":
+            bar.show("running")
+        elif event.event == "progress":
+            bar.show("running", int(data.get("step", 0)), int(data.get("total", 0)))
+        elif event.event in TERMINAL:
+            finished = data.get("job")
+            if isinstance(finished, dict):
+                return finished
+            break
+    return expect(http.get(f"/v1/jobs/{job_id}"), 200)
 
 
 def save_images(http: httpx.Client, job: dict[str, Any], out: Path) -> list[Path]:

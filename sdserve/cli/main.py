@@ -1,5 +1,5 @@
 """The `sdserve` command: ``up`` (everything, for a laptop), ``gateway``, ``worker``, ``webhooks``,
-``generate``, ``keys new``, ``purge``.
+``generate``, ``train``, ``keys new``, ``purge``.
 
 ``gateway``, ``worker`` and ``webhooks`` are dispatched by dotted path (like console-script entry points), so
 the shared package depends on none of the process packages; ``up`` runs each as its own child process.
@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sdserve.cli import generate
+from sdserve.cli import generate, train
 from sdserve.observe.metrics import MetricsPortTaken
 from sdserve.settings import Settings
 
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="Run one worker (one per GPU).")
     sub.add_parser("webhooks", help="Run the webhook dispatcher (sends signed deliveries, with retries).")
     generate.add_parser(sub)
+    train.add_parser(sub)
     keys = sub.add_parser("keys", help="Make an API key (prints it once, and the entry for the keys file).")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser("new", help="Make a new API key.")
@@ -94,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         sys.exit(generate.run(args, _settings({})))
+    if args.command == "train":
+        sys.exit(train.run(args, _settings({})))
     if args.command == "keys":
         sys.exit(print_new_key(args.name, args.scopes.split(",")))
     overrides: dict[str, Any] = {

@@ -23,6 +23,8 @@ MAX_SEED = 2**32 - 1
 """Seeds are unsigned 32-bit integers; image *i* of a job uses ``(seed + i) mod 2**32``."""
 MAX_LORAS = 4
 """Most LoRA adapters one job may combine."""
+MAX_OWNED_EMBEDDINGS = 8
+"""Most of a caller's own embeddings (by their tokens) one job may use."""
 MAX_METADATA_KEYS = 16
 """Most client metadata entries carried by a job."""
 

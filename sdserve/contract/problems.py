@@ -210,7 +210,8 @@ STORAGE_FAILED = problem(
 )  # fmt: skip
 WEIGHTS_LOAD_FAILED = problem(
     "adapter-load-failed", ON_JOB, "A LoRA or embedding could not be loaded",
-    "Set on a failed job: a LoRA or embedding file of the registry could not be loaded by the worker.",
+    "Set on a failed job: a LoRA or embedding file (the registry's, or one of yours: gone from the store, or not "
+    "the file its SHA-256 names) could not be loaded by the worker.",
 )  # fmt: skip
 CANCELED = problem("canceled", ON_JOB, "The job was canceled", "Set on a canceled job: someone asked it to stop.")
 
@@ -298,6 +299,12 @@ class Conflict(SdserveError):
     """The request does not fit the resource's current state (e.g. redelivering a job that has not ended)."""
 
     problem = CONFLICT
+
+
+class UnsupportedMediaType(SdserveError):
+    """A body of a content type the endpoint does not read."""
+
+    problem = UNSUPPORTED_MEDIA_TYPE
 
 
 class Unauthorized(SdserveError):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sdserve.contract.limits import (
     MAX_IMAGES,
     MAX_LORAS,
+    MAX_OWNED_EMBEDDINGS,
     MAX_PIXELS,
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -19,6 +20,7 @@ from sdserve.contract.limits import (
     SchedulerName,
 )
 from sdserve.contract.requests import Metadata, Strict, WebhookSpec
+from sdserve.registry.specs import SHA256_PATTERN, check_store_file
 
 
 class LoraRef(Strict):
@@ -28,6 +30,18 @@ class LoraRef(Strict):
     scale: float | None = Field(
         strict=True, default=None, ge=-2.0, le=2.0, description="LoRA strength; default: the LoRA's own default."
     )
+
+
+class OwnedAdapterRef(Strict):
+    """One of the caller's own adapters a job uses, as the gateway resolved it (the worker loads exactly this)."""
+
+    kind: Literal["lora", "embedding"]
+    name: Name
+    token: str | None = Field(default=None, description="An embedding's token (written in the prompt).")
+    file: str = Field(description="Where its file lies (`store:<object key>`).")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the file: the worker checks it.")
+
+    _file = field_validator("file")(classmethod(lambda cls, v: check_store_file(v)))
 
 
 class OutputOptions(Strict):
@@ -85,6 +99,14 @@ class GenerationParams(Strict):
         description="Seed of the first image; image i uses seed + i. Default: chosen at random and reported.",
     )
     loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS, description="LoRAs to apply.")
+    owned_adapters: list[OwnedAdapterRef] = Field(
+        default_factory=list,
+        max_length=MAX_LORAS + MAX_OWNED_EMBEDDINGS,
+        description="Set by the service: your own adapters (trained by your key) this job uses, LoRAs named in "
+        "`loras` and embeddings whose tokens the prompts hold, with the file and SHA-256 that will run. Ignored "
+        "in a request.",
+        json_schema_extra={"readOnly": True},
+    )
     style: Name | None = Field(default=None, description="Style preset (see `GET /v1/styles`).")
     output: OutputOptions = Field(default_factory=OutputOptions, description="Output encoding.")
     webhook: WebhookSpec | None = Field(default=None, description="Signed callback for job events.")

@@ -85,6 +85,7 @@ JOB_EXAMPLE: dict[str, JsonValue] = {
         "scheduler": "euler",
         "seed": 1005314457,
         "loras": [],
+        "owned_adapters": [],
         "style": None,
         "output": {"format": "png", "quality": 90},
         "webhook": None,

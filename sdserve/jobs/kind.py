@@ -57,6 +57,10 @@ class JobKind(ABC):
     def webhook(self, record: JobRecord, event: JobEvent, data: Mapping[str, Any], ctx: ViewContext) -> BaseModel:
         """The body of one webhook delivery of this job (``data``: the event's own data)."""
 
+    def event_data(self, event: JobEvent, data: Mapping[str, Any], ctx: ViewContext) -> dict[str, Any]:
+        """An event's data as clients see it over SSE (a kind may sign the object keys its events name)."""
+        return dict(data)
+
     def operation_id(self, action: str) -> str:
         """The operation id of one of the engine's endpoints for this kind (``get``, ``list``, ``cancel``, ...)."""
         derived = {

@@ -81,6 +81,25 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
     "demo": ModelSpec(
         name="demo",
         source="builtin:demo",
+        # Measured by tests/demo/test_adapter_training.py: a concept learnt in a couple of CPU minutes; the demo's
+        # captions say left and right, so no flips.
+        training_defaults={
+            "lora": {
+                "steps": 150,
+                "learning_rate": 1e-3,
+                "warmup_steps": 10,
+                "rank": 8,
+                "batch_size": 4,
+                "random_flip": False,
+            },
+            "textual_inversion": {
+                "steps": 150,
+                "learning_rate": 1e-2,
+                "warmup_steps": 10,
+                "batch_size": 4,
+                "random_flip": False,
+            },
+        },
         family="sd1",
         description="A small Stable Diffusion 1.x model trained by sdserve on synthetic scenes: one or two "
         "coloured shapes (circle, square, triangle, star, ring, cross) on a plain or gradient background, "

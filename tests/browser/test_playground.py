@@ -1,8 +1,9 @@
 """The playground end to end in headless Chromium (Debian's ``chromium``) driven by Playwright.
 
-A live gateway (with the playground router) serves the page; a real worker takes jobs in a background
-thread. Through the page only: submit txt2img and see the image in the gallery with its seed; copy the
-request as curl and replay it; use the result as input, paint a mask and inpaint; cancel a long job.
+A live gateway (with the playground router) serves the page; a real worker takes jobs (and trains on ``tiny``)
+in a background thread. Through the page only: submit txt2img and see the image in the gallery with its seed;
+copy the request as curl and replay it; use the result as input, paint a mask and inpaint; cancel a long job;
+train a LoRA on a folder of four images, watch its loss curve and validation images, and generate with it.
 The run saves a screenshot: to ``docs/images/playground.png`` with ``SDSERVE_WRITE_EXAMPLES=1`` (the README
 shows it), else to a temporary folder (a test run does not change the checkout).
 
@@ -30,6 +31,7 @@ from PIL import Image
 from sdserve.settings import Settings
 from tests.browser.test_playground_route import with_playground
 from tests.conftest import LiveServer, background_worker
+from train.dataset import held_out_scenes, render
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "playground.png"
@@ -46,6 +48,12 @@ API_KEY = "pk-playground-test"
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing (pip install playwright)")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The test settings, with trainings on ``tiny`` (quick on a CPU)."""
+    return settings.model_copy(update={"training_models": ["tiny"]})
 
 
 @pytest.fixture
@@ -109,7 +117,8 @@ def submit(page: Any) -> Any:
     return page.locator(f".job[data-job-id='{job_id}']")
 
 
-def test_playground_generates_inpaints_and_cancels(page: Any, site: str) -> None:
+def page_errors(page: Any) -> list[str]:
+    """The page's own errors, collected as they happen."""
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
     page.on(  # a refused request is logged by the browser itself; anything else is the page's fault
@@ -120,6 +129,11 @@ def test_playground_generates_inpaints_and_cancels(page: Any, site: str) -> None
             else None
         ),
     )
+    return errors
+
+
+def test_playground_generates_inpaints_and_cancels(page: Any, site: str) -> None:
+    errors = page_errors(page)
     api_calls: list[tuple[str, str | None]] = []
     page.on(
         "request",
@@ -260,6 +274,78 @@ def test_playground_generates_inpaints_and_cancels(page: Any, site: str) -> None
     assert any(url.endswith("/v1/uploads") for url, _ in api_calls)
 
 
+def test_playground_trains_a_lora_and_generates_with_it(page: Any, site: str, tmp_path: Path) -> None:
+    errors = page_errors(page)
+    folder = tmp_path / "shapes"
+    (folder / "notes").mkdir(parents=True)
+    for i, scene in enumerate(held_out_scenes(0, 4)):
+        render(scene).save(folder / f"scene{i}.png")
+    (folder / "scene0.txt").write_text("a photo of sks, a shape")
+    (folder / "scene2.txt").write_text("sks again")
+    (folder / "notes" / "skip.png").write_bytes(b"a subfolder's file: not sent")
+    page.goto(site + "/")
+    page.wait_for_selector("body[data-catalog='ready']")
+    assert page.input_value("#train-model") == "tiny"
+
+    # Nothing picked: refused on the page, before any request.
+    page.click("#train-submit")
+    page.wait_for_selector("#train-problem:not([hidden])")
+    assert "Choose a folder or files with images" in page.inner_text("#train-problem")
+
+    # A folder: its four images and two captions (not its subfolder's file).
+    page.set_input_files("#train-folder", str(folder))
+    assert page.inner_text("#train-dataset") == "4 image(s), 2 caption(s)"
+    assert page.is_hidden("#train-initializer")  # a LoRA has no initializer; textual inversion has
+    page.select_option("#train-method", "textual_inversion")
+    assert page.is_visible("#train-initializer") and page.is_hidden("#train-rank")
+    page.select_option("#train-method", "lora")
+    for selector, value in {
+        "#train-name": "page-style", "#train-trigger": "sks", "#train-steps": "4", "#train-rank": "2",
+        "#train-batch": "1", "#train-resolution": "64", "#train-lr": "0.001", "#train-validate": "a photo of sks",
+        "#train-every": "2",
+    }.items():  # fmt: skip
+        page.fill(selector, value)
+    page.click("#train-submit")
+    until(page, "() => !!document.querySelector('.training')")
+    card = page.locator(".training").first
+    assert page.is_hidden("#train-problem")
+    until(page, "card => card.dataset.status === 'succeeded'", card.element_handle(), timeout=120)
+
+    # The loss curve (an inline SVG polyline) and the validation images of steps 2 and 4.
+    assert int(card.get_attribute("data-points") or 0) >= 1
+    points = (card.locator(".loss-line").get_attribute("points") or "").split()
+    assert len(points) >= 2 and all(len(p.split(",")) == 2 for p in points), points
+    assert card.locator(".loss-range").inner_text().startswith("loss ")
+    assert card.get_attribute("data-validations") == "2"
+    assert [s.inner_text() for s in card.locator(".validation-step").all()] == ["step 2", "step 4"]
+    until(
+        page,
+        "card => [...card.querySelectorAll('.validation img')].every(i => i.complete && i.naturalWidth === 64)",
+        card.element_handle(),
+    )
+    assert "page-style" in card.locator(".training-result").inner_text()
+    assert card.locator(".cancel").is_hidden()
+    training = httpx.get(f"{site}/v1/trainings/{card.get_attribute('data-training-id')}").json()
+    assert training["status"] == "succeeded" and training["base_model"] == "tiny"
+    assert training["request"]["hyperparameters"]["steps"] == 4 and training["request"]["hyperparameters"]["rank"] == 2
+    assert httpx.get(f"{site}/v1/uploads/{training['request']['dataset']}").json()["images"] == 4
+
+    # "Generate with it" fills the form: the model, the trigger word in the prompt, the new LoRA ticked.
+    page.fill("#prompt", "")
+    card.locator(".use-training").click()
+    until(page, "() => document.querySelector('#prompt').value === 'a photo of sks'")
+    assert page.input_value("#model") == "tiny"
+    assert page.is_checked("#loras .lora input[value='page-style']")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", "3")
+    job = wait_for_result(page, submit(page), 64, 64)
+    record = httpx.get(f"{site}/v1/jobs/{job.get_attribute('data-job-id')}").json()
+    assert [lora["name"] for lora in record["request"]["loras"]] == ["page-style"]
+    page.screenshot(path=str(_screenshot_path("playground-training.png")), full_page=True)
+    assert errors == []
+
+
 def picture(url: str | None) -> Image.Image:
     assert url
     response = httpx.get(url)
@@ -267,7 +353,8 @@ def picture(url: str | None) -> Image.Image:
     return Image.open(io.BytesIO(response.content)).convert("RGB")
 
 
-def _screenshot_path() -> Path:
-    path = SCREENSHOT if os.environ.get("SDSERVE_WRITE_EXAMPLES") == "1" else Path(tempfile.mkdtemp()) / SCREENSHOT.name
+def _screenshot_path(name: str = SCREENSHOT.name) -> Path:
+    folder = SCREENSHOT.parent if os.environ.get("SDSERVE_WRITE_EXAMPLES") == "1" else Path(tempfile.mkdtemp())
+    path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

@@ -21,7 +21,7 @@ import pytest
 import redis
 from PIL import Image, ImageDraw
 
-from sdserve.cli.generate import ProgressBar, add_parser, follow, run
+from sdserve.cli.generate import ProgressBar, add_parser, build_body, follow, run
 from sdserve.settings import Settings
 from tests.conftest import background_worker, free_port, wait_for
 
@@ -96,6 +96,15 @@ def test_refused_request_prints_the_problem_and_fields(gateway: str, tmp_path: P
     assert "  body.width: Input should be a multiple of 8" in err
     assert "  body.steps: " in err
     assert "request id: " in err
+
+
+def test_lora_takes_a_name_and_an_optional_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse("x", "--lora", "tiny-detail", "--lora", "mine:-0.5")
+    assert build_body(args, None, None)["loras"] == [{"name": "tiny-detail"}, {"name": "mine", "scale": -0.5}]
+    assert "loras" not in build_body(parse("x"), None, None)
+    with pytest.raises(SystemExit):
+        parse("x", "--lora", "mine:strong")
+    assert "the scale of 'mine:strong' is not a number" in capsys.readouterr().err
 
 
 def test_bad_arguments_and_unreachable_gateway(tmp_path: Path) -> None:

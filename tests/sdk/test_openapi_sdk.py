@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -301,6 +302,7 @@ def test_every_operation_of_the_generated_sdk_works(sdk: ModuleType, gateway: st
     from sdserve_client.models import (
         BodyCreateUpload,
         BodyCreateUploadKind,
+        DatasetUpload,
         DeliveryList,
         Drained,
         DrainRequest,
@@ -319,6 +321,8 @@ def test_every_operation_of_the_generated_sdk_works(sdk: ModuleType, gateway: st
         RegistryInfo,
         SchedulerList,
         StyleList,
+        Training,
+        TrainingRequest,
         Txt2ImgRequest,
         Upload,
         WebhookSpec,
@@ -395,7 +399,7 @@ def test_every_operation_of_the_generated_sdk_works(sdk: ModuleType, gateway: st
         # Admin: the queue, paused and resumed; the registry reloaded.
         code, queues = call("admin.list_queues")
         assert code == 200 and isinstance(queues, QueueList)
-        assert {q.model: q.waiting for q in queues.data}["tiny"] == 4
+        assert {q.queue: q.waiting for q in queues.data}["tiny"] == 4  # a model has an image and a training queue
         code, paused = call("admin.pause_queue", "tiny")
         assert code == 200 and isinstance(paused, QueueList) and {q.model: q.paused for q in paused.data}["tiny"]
         code, resumed = call("admin.resume_queue", "tiny")
@@ -456,6 +460,39 @@ def test_every_operation_of_the_generated_sdk_works(sdk: ModuleType, gateway: st
         assert code == 204 and deleted is None
         code, purged = call("jobs.get_job", done[1].id)
         assert code == 200 and isinstance(purged, Job) and purged.purged and purged.images == []
+
+        # Trainings: a dataset upload, a training (queued: no worker here trains), followed, canceled, deleted.
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as packed:
+            for i in range(2):
+                image = io.BytesIO()
+                Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(image, format="PNG")
+                packed.writestr(f"img{i}.png", image.getvalue())
+            packed.writestr("img0.txt", "a photo of zwx")
+        body = BodyCreateUpload(
+            file=File(payload=io.BytesIO(archive.getvalue()), file_name="set.zip", mime_type="application/zip"),
+            kind=BodyCreateUploadKind.DATASET,
+        )
+        code, dataset = call("uploads.create_upload", body=body)
+        assert code == 201 and isinstance(dataset, DatasetUpload) and (dataset.images, dataset.captioned) == (2, 1)
+        request = TrainingRequest.from_dict(
+            {"method": "lora", "base_model": "tiny", "name": "sdk-style", "dataset": dataset.id, "trigger_word": "zwx"}
+        )
+        code, training = call("trainings.create_training", body=request)
+        assert code == 202 and isinstance(training, Training) and training.status is JobStatus.QUEUED, training
+        code, current = call("trainings.get_training", training.id)
+        assert code == 200 and isinstance(current, Training) and current.request.hyperparameters.rank == 8
+        code, trainings = call("trainings.list_trainings")
+        assert code == 200 and [t.id for t in trainings.data] == [training.id]
+        code, stopped = call("trainings.cancel_training", training.id)
+        assert code == 200 and isinstance(stopped, Training) and stopped.status is JobStatus.CANCELED
+        code, stream = call("trainings.stream_training_events", training.id)
+        assert code == 200 and [e["event"] for e in sse_events(stream)] == ["queued", "canceled"]
+        code, deliveries = call("trainings.list_training_webhook_deliveries", training.id)
+        assert code == 200 and isinstance(deliveries, DeliveryList) and deliveries.data == []
+        problem(call("trainings.redeliver_training_webhook", training.id), 409, "conflict")
+        code, deleted = call("trainings.delete_training", training.id)
+        assert code == 204 and deleted is None
 
         # Metrics, and a drain (no worker is live after its burst: nobody to tell).
         code, metrics = call("health.get_metrics")

@@ -1,12 +1,13 @@
 """Dynamic batching: take, with a job, the queued jobs that can share its forward passes.
 
 Jobs batch together when they would run the same computation but for prompts and seeds: txt2img on the same
-model, at the same size, steps, scheduler, guidance and LoRA set (and, since SDXL treats an empty negative
-prompt specially, all with or all without a negative prompt, styles included). The batcher looks at the head
-of the job's queue, picks compatible jobs in queue order up to ``max_batch_images`` images, lingers a few
-milliseconds for more only when the queue already held jobs (an idle worker starts at once), and claims them
-atomically into the queue's claimed list (a job another worker took meanwhile is not claimed; one this
-worker dies holding is given back by the janitor).
+model, at the same size, steps, scheduler, guidance and LoRA set, with the same files (by digest) of their
+keys' own adapters (a LoRA or embedding of one name but another key's is another adapter), and, since SDXL
+treats an empty negative prompt specially, all with or all without a negative prompt (styles included). The
+batcher looks at the head of the job's queue, picks compatible jobs in queue order up to ``max_batch_images``
+images, lingers a few milliseconds for more only when the queue already held jobs (an idle worker starts at
+once), and claims them atomically into the queue's claimed list (a job another worker took meanwhile is not
+claimed; one this worker dies holding is given back by the janitor).
 
 Incompatible jobs keep their places: the next job a worker takes is always the oldest one left, so nothing
 waits behind more than one batch (bounded waiting, no starvation).
@@ -51,9 +52,10 @@ def batch_key(request: Any, registry: Registry) -> tuple[Any, ...] | None:
     if request.style is not None and request.style in registry.styles:
         negative = negative or bool(registry.styles[request.style].negative_prompt)
     loras = tuple((lora.name, lora.scale) for lora in request.loras)
+    owned = tuple((a.kind, a.name, a.token, a.sha256) for a in request.owned_adapters)  # one owner's files
     return (
         request.model, request.width, request.height, request.steps, request.scheduler, request.guidance_scale,
-        loras, negative,
+        loras, owned, negative,
     )  # fmt: skip
 
 

@@ -5,7 +5,8 @@
 2. **resolve inputs**: the stored requests (resolved by the gateway: every default, the seed, the LoRA
    scales), typed; the task's inputs (the image fitted, a mask made, a canvas built);
 3. **select pipeline and LoRAs**: the warm model, a view of it with a fresh scheduler, and the job's LoRAs at
-   the scales the gateway resolved (``LoraScope``: gone again when the step ends, whatever happens);
+   the scales the gateway resolved (``LoraScope``: gone again when the step ends, whatever happens), with its
+   key's own adapters fetched by file and digest and its own embeddings taught for it (``EmbeddingScope``);
 4. **denoise**: every request's prompts and seeds in one pipeline call, each step reported (and a cancel seen);
 5. **post-process**: decode the latents, then the task's own pixel work (composite, crop);
 6. **store**: each job's images, mask and manifest under its own attempt.
@@ -22,12 +23,13 @@ from typing import Any
 import torch
 
 from sdserve.images.kind import IMAGE
+from sdserve.images.params import OwnedAdapterRef
 from sdserve.images.requests import AnyRequest, parse_request
 from sdserve.images.view import ImageJobResult
 from sdserve.jobs.tracker import JobTracker
 from sdserve.observe.metrics import Metrics
 from sdserve.observe.tracing import span
-from sdserve.registry import Registry, RegistryHolder
+from sdserve.registry import EmbeddingSpec, LoraSpec, ModelSpec, Registry, RegistryHolder
 from sdserve.settings import Settings
 from worker.engine.kind import Claimed, QueueRef
 from worker.engine.progress import Reporter
@@ -38,6 +40,7 @@ from worker.images.prompts import long_prompt_embeddings, too_long
 from worker.images.recipes import RECIPES
 from worker.images.recipes.base import Finished, Inputs, RecipeContext
 from worker.images.steps import Member, StepCallback
+from worker.models.embeddings import EmbeddingScope
 from worker.models.loras import Activation, LoraScope
 from worker.models.pipelines import LoadedModel, PipelineCache
 
@@ -112,14 +115,23 @@ class ImageRunner:
         pipe = model.view(first.scheduler, inputs.kind)
         ctx.timings["load_ms"] = (time.perf_counter() - started) * 1000
         assert model.loras is not None
+        store, fetch_started = jobs[0].artifacts.store, time.perf_counter()
+        for owned in first.owned_adapters:  # a key's own: by the file and digest the gateway resolved
+            self.pipelines.fetch(store, owned.file, owned.sha256)
+        fetch_ms = (time.perf_counter() - fetch_started) * 1000
+        own_loras = {o.name: owned_lora(o, model.spec) for o in first.owned_adapters if o.kind == "lora"}
+        own_embeddings = [owned_embedding(o, model.spec) for o in first.owned_adapters if o.kind == "embedding"]
         wanted = []
         for ref in first.loras:
             assert ref.scale is not None, "the gateway resolved every LoRA's scale"
-            wanted.append((registry.lora(ref.name), ref.scale))
-        with LoraScope(model.loras, wanted) as activation:
+            wanted.append((own_loras.get(ref.name) or registry.lora(ref.name), ref.scale))
+        with (
+            EmbeddingScope(model.pipe, own_embeddings, self.pipelines.resolve_file),
+            LoraScope(model.loras, wanted) as activation,
+        ):
             for job in jobs:
                 job.timings["model_load_ms"] = model_load_ms
-                job.timings["adapters_ms"] = activation.load_ms + activation.activate_ms
+                job.timings["adapters_ms"] = fetch_ms + activation.load_ms + activation.activate_ms
 
             # 4. Denoise every request's images in one call, reporting each step.
             reporter = Reporter(self.tracker, jobs, jobs[0].record.total or (first.steps or 1))
@@ -255,6 +267,17 @@ class ImageRunner:
         if torch.cuda.is_available():
             self.metrics.gpu_memory.set(torch.cuda.memory_allocated())
             self.metrics.gpu_memory_peak.set(torch.cuda.max_memory_allocated())
+
+
+def owned_lora(ref: OwnedAdapterRef, model: ModelSpec) -> LoraSpec:
+    """The spec a key's own LoRA runs with (the gateway checked that it fits the model)."""
+    return LoraSpec(name=ref.name, file=ref.file, sha256=ref.sha256, family=model.family)
+
+
+def owned_embedding(ref: OwnedAdapterRef, model: ModelSpec) -> EmbeddingSpec:
+    """The spec a key's own embedding runs with (the gateway found its token in the prompts)."""
+    assert ref.token is not None, "an embedding has a token"
+    return EmbeddingSpec(name=ref.name, file=ref.file, sha256=ref.sha256, token=ref.token, family=model.family)
 
 
 def _iso(ts: float | None) -> str | None:

@@ -1,7 +1,8 @@
 """LoRAs on warm weights: loaded once, applied per job, gone after it.
 
 Each LoRA is loaded once (diffusers' ``load_lora_weights``: the diffusers/PEFT key layout and the kohya/A1111
-one both load) and stays resident up to a bound, least recently used out first. A job applies its set with
+one both load) and stays resident up to a bound, least recently used out first; a registry LoRA is resident by
+its name, a key's own (pinned by its file's SHA-256) by that digest. A job applies its set with
 its scales inside a ``LoraScope``; when the scope ends (the job succeeded, failed or was canceled) the
 pipeline is the bare base model again (``disable_lora``), so no job's LoRAs touch the next one.
 """
@@ -12,11 +13,10 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from sdserve.contract.problems import WEIGHTS_LOAD_FAILED, JobFailed
 from sdserve.observe.metrics import Metrics
@@ -25,7 +25,11 @@ from worker.models.speed import is_fused
 
 log = logging.getLogger(__name__)
 
-FileResolver = Callable[[str], Path]
+
+class FileResolver(Protocol):
+    """The local path of a LoRA or embedding file (``sha256``: the digest it must have, where pinned)."""
+
+    def __call__(self, file: str, sha256: str | None = None, /) -> Path: ...
 
 
 class LoraLoadFailed(JobFailed):
@@ -46,6 +50,12 @@ def file_digest(path: Path) -> str:
 def peft_name(name: str) -> str:
     """PEFT adapter names may not contain dots (they become module keys)."""
     return name.replace(".", "_")
+
+
+def residency_key(spec: LoraSpec) -> str:
+    """How a loaded LoRA is known: a registry one by its name, one pinned by its file's digest (a key's own)
+    by that digest, so two owners' adapters of one name never stand for each other (no name is this long)."""
+    return spec.name if spec.sha256 is None else f"sha256-{spec.sha256}"
 
 
 @dataclass
@@ -82,16 +92,17 @@ class LoraCache:
         self._refuse = False
 
     def _load(self, spec: LoraSpec) -> Resident:
-        path = self.resolve(spec.file)
+        path = self.resolve(spec.file, spec.sha256)
         started = time.perf_counter()
         try:
-            self.pipe.load_lora_weights(str(path), adapter_name=peft_name(spec.name))
+            self.pipe.load_lora_weights(str(path), adapter_name=peft_name(residency_key(spec)))
         except Exception as exc:
             log.exception("loading LoRA %s from %s failed", spec.name, path)
             raise LoraLoadFailed(f"LoRA {spec.name!r} could not be loaded: {exc.__class__.__name__}") from exc
         self.loads += 1
         self.metrics.lora_events.labels("load").inc()
-        return Resident(spec=spec, sha256=file_digest(path), load_ms=(time.perf_counter() - started) * 1000)
+        sha256 = spec.sha256 or file_digest(path)  # a pinned digest was checked when the file was resolved
+        return Resident(spec=spec, sha256=sha256, load_ms=(time.perf_counter() - started) * 1000)
 
     def _evict_for(self, keep: set[str]) -> None:
         while len(self.resident) >= self.max_resident:
@@ -108,29 +119,35 @@ class LoraCache:
         """Load what is missing, then make exactly ``wanted`` active with its scales."""
         started = time.perf_counter()
         load_ms = 0.0
-        keep = {spec.name for spec, _ in wanted}
+        keep = {residency_key(spec) for spec, _ in wanted}
         for spec, _ in wanted:
-            if spec.name in self.resident:
+            key = residency_key(spec)
+            if key in self.resident:
                 self.hits += 1
                 self.metrics.lora_events.labels("hit").inc()
             else:
                 self._evict_for(keep)
-                self.resident[spec.name] = self._load(spec)
-                load_ms += self.resident[spec.name].load_ms
-            self.resident.move_to_end(spec.name)
+                self.resident[key] = self._load(spec)
+                load_ms += self.resident[key].load_ms
+            self.resident.move_to_end(key)
         if wanted and is_fused(self.pipe):
             self.pipe.unfuse_qkv_projections()  # LoRA layers wrap to_q/to_k/to_v, which fused attention skips
             self._refuse = True
         if wanted:
             self.pipe.enable_lora()
             self.pipe.set_adapters(
-                [peft_name(spec.name) for spec, _ in wanted], adapter_weights=[scale for _, scale in wanted]
+                [peft_name(residency_key(spec)) for spec, _ in wanted], adapter_weights=[scale for _, scale in wanted]
             )
             self.active = True
         total_ms = (time.perf_counter() - started) * 1000
         return Activation(
             loras=[
-                {"name": spec.name, "scale": scale, "sha256": self.resident[spec.name].sha256, "file": spec.file}
+                {
+                    "name": spec.name,
+                    "scale": scale,
+                    "sha256": self.resident[residency_key(spec)].sha256,
+                    "file": spec.file,
+                }
                 for spec, scale in wanted
             ],
             load_ms=load_ms,

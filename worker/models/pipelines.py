@@ -22,6 +22,9 @@ from PIL import Image
 
 from sdserve.observe.metrics import Metrics
 from sdserve.registry import Family, ModelSpec, Registry, RegistryHolder
+from sdserve.registry.specs import STORE_FILE_PREFIX
+from sdserve.storage.base import ObjectStore
+from worker.models.adapter_files import AdapterFileFailed, StoredAdapterFiles, digest_of
 from worker.models.builtin import ensure_builtin
 from worker.models.builtin_weights import ensure_builtin_file
 from worker.models.device import DeviceConfig
@@ -135,6 +138,7 @@ class PipelineCache:
         self.max_loras = max_loras
         self.speed = speed or SpeedOptions()
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.stored_files = StoredAdapterFiles(models_dir / "adapters")
         self.loads: Counter[str] = Counter()
         self.unloads: Counter[str] = Counter()
 
@@ -142,11 +146,22 @@ class PipelineCache:
     def registry(self) -> Registry:
         return self.holder.current
 
-    def resolve_file(self, file: str) -> Path:
-        """The path of a LoRA or embedding file (``builtin:`` ones are generated on first use)."""
+    def resolve_file(self, file: str, sha256: str | None = None) -> Path:
+        """The path of a LoRA or embedding file: ``builtin:`` ones are generated on first use, ``store:`` ones are
+        the local copies ``fetch`` made; a pinned ``sha256`` is checked (a ``store:`` copy was, when fetched)."""
+        if file.startswith(STORE_FILE_PREFIX):
+            return self.stored_files.local(file, sha256)
         if file.startswith("builtin:"):
-            return ensure_builtin_file(file.removeprefix("builtin:"), self.models_dir)
-        return Path(file)
+            path = ensure_builtin_file(file.removeprefix("builtin:"), self.models_dir)
+        else:
+            path = Path(file)
+        if sha256 is not None and digest_of(path) != sha256:
+            raise AdapterFileFailed(f"{file} does not have the SHA-256 the registry pins")
+        return path
+
+    def fetch(self, store: ObjectStore, file: str, sha256: str) -> Path:
+        """Make the local copy of a ``store:`` file (a key's own adapter) with this digest, once."""
+        return self.stored_files.fetch(store, file, sha256)
 
     def resident_bytes(self) -> int:
         """Bytes held by the resident models."""
