@@ -27,7 +27,7 @@ from app.uploads.datasets import (
 from app.uploads.images import decode_image
 from app.uploads.store import DatasetRecord, UploadRecord, new_upload_id
 from sdserve.contract.limits import MAX_UPLOAD_BYTES, UPLOAD_ID_PATTERN
-from sdserve.contract.problems import InvalidImage, NotFound
+from sdserve.contract.problems import InvalidImage, NotFound, PayloadTooLarge
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
@@ -150,8 +150,8 @@ async def create_upload(
         view = await _create_dataset(state, caller.owner, data)
         response.headers["Location"] = f"{caller.base_url}/v1/uploads/{view.id}"
         return view
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise InvalidImage("body.file", f"the file is larger than {MAX_UPLOAD_BYTES:,} bytes")
+    if len(data) > MAX_UPLOAD_BYTES:  # the body limit fits a dataset: an image has its own, answered the same way
+        raise PayloadTooLarge(f"the image file is larger than {MAX_UPLOAD_BYTES:,} bytes")
     if is_zip(data):
         raise InvalidImage("body.file", "this is a zip file: send a training dataset with kind=dataset")
     decoded = await asyncio.to_thread(decode_image, data, field="body.file", kind=kind)
@@ -163,7 +163,7 @@ async def create_upload(
 async def _create_dataset(state: GatewayState, owner: str, data: bytes) -> DatasetUpload:
     """Check a dataset zip, then store and record it."""
     if len(data) > MAX_DATASET_BYTES:
-        raise DatasetInvalid("body.file", f"the dataset is larger than {MAX_DATASET_BYTES:,} bytes")
+        raise PayloadTooLarge(f"the dataset is larger than {MAX_DATASET_BYTES:,} bytes")
     if not is_zip(data):
         raise DatasetInvalid("body.file", "a dataset is a zip file (images, each with an optional .txt caption)")
     checked = await asyncio.to_thread(lambda: check_files(read_zip(data, "body.file"), "body.file"))

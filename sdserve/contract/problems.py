@@ -301,6 +301,12 @@ class Conflict(SdserveError):
     problem = CONFLICT
 
 
+class PayloadTooLarge(SdserveError):
+    """A body, or a file in it, over its limit (an endpoint whose files have several limits checks its own)."""
+
+    problem = PAYLOAD_TOO_LARGE
+
+
 class UnsupportedMediaType(SdserveError):
     """A body of a content type the endpoint does not read."""
 
