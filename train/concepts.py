@@ -133,3 +133,10 @@ def regular_dataset(n: int = 12, seed: int = 0) -> list[tuple[Image.Image, str]]
     prompt's shape into its concept.
     """
     return [(render(s), caption(s)) for s in regular_scenes(n, seed)]
+
+
+def lora_training_examples(trigger: str = LORA_TRIGGER) -> list[tuple[Image.Image, str]]:
+    """What the demo LoRA trains on: 24 hearts with the trigger, 24 ordinary scenes and 6 of them uncaptioned
+    (these keep the unconditional prediction, which guidance subtracts, where it was)."""
+    uncaptioned = [(image, "") for image, _ in regular_dataset(6, seed=5)]
+    return lora_dataset(24, trigger) + regular_dataset(24) + uncaptioned
