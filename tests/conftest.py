@@ -295,6 +295,19 @@ def run_worker(settings: Settings, pipelines: Any, redis_client: redis.Redis) ->
     return run
 
 
+def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment of an ``sdserve worker`` subprocess on these settings (none of this shell's SDSERVE_*),
+    serving ``tiny`` on the CPU; ``overrides`` by setting name (``HEARTBEAT_SECONDS="0.5"``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDSERVE_")}
+    defaults = {
+        "REDIS_URL": settings.redis_url, "KEY_PREFIX": settings.key_prefix, "DATA_DIR": str(settings.data_dir),
+        "MODELS_CACHE_DIR": str(settings.models_dir), "WORKER_MODELS": "tiny", "WARMUP": "false",
+        "HEARTBEAT_SECONDS": "1", "LOG_LEVEL": "warning", "TORCH_THREADS": "1", "DEVICE": "cpu",
+        "WORKER_METRICS_PORT": "0",  # other workers may run on this host
+    }  # fmt: skip
+    return env | {f"SDSERVE_{name}": value for name, value in (defaults | overrides).items()}
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
     """Poll until predicate() is truthy; returns its value."""
     deadline = time.monotonic() + timeout

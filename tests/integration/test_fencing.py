@@ -7,7 +7,6 @@ marks it succeeded; a superseded run deletes its own files and nothing else.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from sdserve.keys import Keys
 from sdserve.observe.metrics import Metrics
 from sdserve.settings import Settings
 from sdserve.storage.factory import open_store
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_env
 from worker.engine.artifacts import Artifacts
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 3}
@@ -73,22 +72,6 @@ def test_a_superseded_run_can_neither_write_nor_delete_the_rerun(
     assert httpx.get(after["manifest_url"]).status_code == 200
 
 
-def _worker_env(settings: Settings, heartbeat: float) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SDSERVE_REDIS_URL": settings.redis_url,
-        "SDSERVE_KEY_PREFIX": settings.key_prefix,
-        "SDSERVE_DATA_DIR": str(settings.data_dir),
-        "SDSERVE_MODELS_CACHE_DIR": str(settings.models_dir),
-        "SDSERVE_WORKER_MODELS": "tiny",
-        "SDSERVE_WARMUP": "false",
-        "SDSERVE_HEARTBEAT_SECONDS": str(heartbeat),
-        "SDSERVE_LOG_LEVEL": "warning",
-        "SDSERVE_TORCH_THREADS": "1",
-        "SDSERVE_WORKER_METRICS_PORT": "0",
-    }
-
-
 def test_a_worker_stopped_and_resumed_stops_its_superseded_job_at_the_next_step(
     client: httpx.Client, run_worker: Any, settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -96,9 +79,11 @@ def test_a_worker_stopped_and_resumed_stops_its_superseded_job_at_the_next_step(
     job_id = client.post("/v1/txt2img", json={**BODY, "steps": 30, "width": 96, "height": 96}).json()["id"]
     log = (tmp_path / "worker.log").open("w")
     stalled = subprocess.Popen(
-        [str(Path(sys.executable).with_name("sdserve")), "worker"], env=_worker_env(settings, 0.5), stdout=log,
+        [str(Path(sys.executable).with_name("sdserve")), "worker"],
+        env=worker_env(settings, HEARTBEAT_SECONDS="0.5"),
+        stdout=log,
         stderr=log,
-    )  # fmt: skip
+    )
     try:
         wait_for(lambda: int(redis_client.hget(keys.job(job_id), "step") or 0) >= 2, timeout=120)
         stalled.send_signal(signal.SIGSTOP)  # a GC pause, a network partition: it holds the job, silent

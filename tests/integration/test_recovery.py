@@ -4,7 +4,6 @@ SIGTERM drains; a worker rides out a Redis outage; unsafe Redis settings are rep
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from sdserve.observe.metrics import Metrics
 from sdserve.observe.redischeck import redis_warnings
 from sdserve.settings import Settings
 from sdserve.storage.base import attempt_prefix
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_env
 from worker.images.steps import StepCallback
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 3}
@@ -186,23 +185,6 @@ def test_a_job_popped_but_never_started_is_requeued(
     assert client.get(f"/v1/jobs/{job_id}").json()["queue_position"] == 0
 
 
-def _worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SDSERVE_")},
-        "SDSERVE_REDIS_URL": settings.redis_url,
-        "SDSERVE_KEY_PREFIX": settings.key_prefix,
-        "SDSERVE_DATA_DIR": str(settings.data_dir),
-        "SDSERVE_MODELS_CACHE_DIR": str(settings.models_dir),
-        "SDSERVE_WORKER_MODELS": "tiny",
-        "SDSERVE_WARMUP": "false",
-        "SDSERVE_HEARTBEAT_SECONDS": "1",
-        "SDSERVE_LOG_LEVEL": "warning",
-        "SDSERVE_TORCH_THREADS": "1",
-        "SDSERVE_DEVICE": "cpu",
-        "SDSERVE_WORKER_METRICS_PORT": "0",  # other workers may run on this host
-    }
-
-
 def test_sigterm_drains_the_current_job_without_consuming_an_attempt(
     client: httpx.Client, settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -213,7 +195,7 @@ def test_sigterm_drains_the_current_job_without_consuming_an_attempt(
     worker = subprocess.Popen(
         [*SDSERVE, "worker"],
         cwd=tmp_path,  # no stray .env is read
-        env=_worker_env(settings),
+        env=worker_env(settings),
         stdout=log,
         stderr=log,
     )

@@ -5,7 +5,6 @@ and ends with a usable adapter."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,28 +18,10 @@ from sdserve.jobs.janitor import Janitor
 from sdserve.keys import Keys
 from sdserve.observe.metrics import Metrics
 from sdserve.settings import Settings
-from tests.conftest import run_burst, wait_for
+from tests.conftest import run_burst, wait_for, worker_env
 from tests.integration.test_trainings import dataset_zip
 
 SDSERVE = [sys.executable, "-m", "sdserve.cli"]
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SDSERVE_")},
-        "SDSERVE_REDIS_URL": settings.redis_url,
-        "SDSERVE_KEY_PREFIX": settings.key_prefix,
-        "SDSERVE_DATA_DIR": str(settings.data_dir),
-        "SDSERVE_MODELS_CACHE_DIR": str(settings.models_dir),
-        "SDSERVE_WORKER_MODELS": "tiny",
-        "SDSERVE_TRAINING_MODELS": "tiny",
-        "SDSERVE_WARMUP": "false",
-        "SDSERVE_HEARTBEAT_SECONDS": "1",
-        "SDSERVE_LOG_LEVEL": "warning",
-        "SDSERVE_TORCH_THREADS": "1",
-        "SDSERVE_DEVICE": "cpu",
-        "SDSERVE_WORKER_METRICS_PORT": "0",
-    }
 
 
 def events(client: redis.Redis, settings: Settings, job_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -61,7 +42,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_on_another_worker(
     training = client.post("/v1/trainings", json=body).json()
     keys = Keys(settings.key_prefix)
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([*SDSERVE, "worker"], cwd=tmp_path, env=worker_env(settings), stdout=log, stderr=log)
+    env = worker_env(settings, TRAINING_MODELS="tiny")
+    worker = subprocess.Popen([*SDSERVE, "worker"], cwd=tmp_path, env=env, stdout=log, stderr=log)
     try:
         wait_for(
             lambda: any("checkpoint" in data and data["step"] >= 2 * every

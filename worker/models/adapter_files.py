@@ -27,7 +27,7 @@ class AdapterFileFailed(JobFailed):
 
 
 def digest_of(path: Path) -> str:
-    """SHA-256 of a file."""
+    """SHA-256 of a file (read in 1 MiB blocks): LoRA and embedding files, registry or owned."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

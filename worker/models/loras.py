@@ -9,7 +9,6 @@ pipeline is the bare base model again (``disable_lora``), so no job's LoRAs touc
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 from sdserve.contract.problems import WEIGHTS_LOAD_FAILED, JobFailed
 from sdserve.observe.metrics import Metrics
 from sdserve.registry import LoraSpec
+from worker.models.adapter_files import digest_of
 from worker.models.speed import is_fused
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,6 @@ class LoraLoadFailed(JobFailed):
     """A LoRA file could not be loaded."""
 
     problem = WEIGHTS_LOAD_FAILED
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a LoRA file (recorded in each job's manifest)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def peft_name(name: str) -> str:
@@ -101,7 +92,7 @@ class LoraCache:
             raise LoraLoadFailed(f"LoRA {spec.name!r} could not be loaded: {exc.__class__.__name__}") from exc
         self.loads += 1
         self.metrics.lora_events.labels("load").inc()
-        sha256 = spec.sha256 or file_digest(path)  # a pinned digest was checked when the file was resolved
+        sha256 = spec.sha256 or digest_of(path)  # a pinned digest was checked when the file was resolved
         return Resident(spec=spec, sha256=sha256, load_ms=(time.perf_counter() - started) * 1000)
 
     def _evict_for(self, keep: set[str]) -> None:
