@@ -28,6 +28,7 @@ from sdserve.observe.redischeck import warn_about_redis
 from sdserve.observe.tracing import setup_tracing
 from sdserve.registry import Registry, RegistryHolder
 from sdserve.settings import Settings
+from sdserve.storage.base import ObjectStore
 from sdserve.storage.factory import open_store
 from worker.engine import slot
 from worker.engine.kind import Runner
@@ -108,7 +109,7 @@ def warm_up(settings: Settings, name: str, metrics: Metrics | None = None) -> Wo
     return WorkerParts(settings, holder, pipelines, device, metrics, name)
 
 
-def runners(parts: WorkerParts, connection: redis.Redis, tracker: JobTracker) -> list[Runner]:
+def runners(parts: WorkerParts, connection: redis.Redis, tracker: JobTracker, store: ObjectStore) -> list[Runner]:
     """The kinds of work this worker runs."""
     settings = parts.settings
     keys = Keys(settings.key_prefix)
@@ -126,7 +127,7 @@ def runners(parts: WorkerParts, connection: redis.Redis, tracker: JobTracker) ->
     if any(model in settings.worker_models for model in settings.training_models):
         found.append(
             TrainingRunner(
-                settings, parts.holder, parts.pipelines, tracker, connection, open_store(settings, signing_key=None),
+                settings, parts.holder, parts.pipelines, tracker, connection, store,
                 worker_name=parts.name, device=parts.device.describe(),
             )
         )  # fmt: skip
@@ -138,9 +139,10 @@ def make_worker(parts: WorkerParts, connection: redis.Redis, extra_runners: Sequ
     settings = parts.settings
     keys = Keys(settings.key_prefix)
     tracker = JobTracker(connection, keys, job_ttl=settings.job_ttl_seconds)
-    all_runners = [*runners(parts, connection, tracker), *extra_runners]
+    store = open_store(settings, signing_key=None)  # one store for the engine and every runner
+    all_runners = [*runners(parts, connection, tracker, store), *extra_runners]
     engine = Engine(
-        name=parts.name, tracker=tracker, store=open_store(settings, signing_key=None), runners=all_runners,
+        name=parts.name, tracker=tracker, store=store, runners=all_runners,
         metrics=parts.metrics, device=parts.device.describe(),
     )  # fmt: skip
     refs = [queue for runner in all_runners for queue in runner.queues()]

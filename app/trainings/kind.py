@@ -33,7 +33,7 @@ from app.uploads.datasets import (
     read_zip,
 )
 from app.uploads.routes import dataset_upload
-from sdserve.contract.problems import Conflict, UnsupportedMediaType, UnusableInput
+from sdserve.contract.problems import Conflict, NotFound, UnsupportedMediaType, UnusableInput
 from sdserve.jobs.record import JobRecord
 from sdserve.storage.base import check_key, inputs_prefix
 from sdserve.trainings.defaults import resolve
@@ -204,7 +204,7 @@ class TrainingGatewayKind:
         if isinstance(request.dataset, str):
             try:
                 dataset = await state.uploads.get_dataset(request.dataset, caller.owner)
-            except Exception:
+            except NotFound:
                 raise UnusableInput(
                     "body.dataset", f"no dataset upload {request.dataset} of yours (unknown, expired, or deleted "
                     "with a training)",
@@ -251,7 +251,7 @@ class TrainingGatewayKind:
         for i, entry in enumerate(dataset.images):
             try:
                 upload = await state.uploads.get(entry.image, caller.owner)
-            except Exception:
+            except NotFound:
                 raise UnusableInput(
                     f"body.dataset.images.{i}.image", f"no image upload {entry.image} of yours (unknown, expired, "
                     "or deleted with a job)",

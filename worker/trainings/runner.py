@@ -220,7 +220,8 @@ class TrainingRunner:
                 stored = self._validate(job, session, request, step)
                 facts.validations.append(stored)
                 event = {**(event or {"step": step, "total": total}), "validation": stored.model_dump()}
-            reporter.report(step, [event] if event else None, self._facts(facts))
+            # every step: its number, and a cancel seen; the facts (loss, curve, ...) with each event, at most 1/s
+            reporter.report(step, [event] if event else None, self._facts(facts) if event else None)
             if event and "checkpoint" in event:  # named now: the one before it is no longer needed
                 for old in own_checkpoints[:-1]:
                     self.store.delete(old)
