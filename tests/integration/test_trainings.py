@@ -251,3 +251,33 @@ def test_multipart_training_and_cancel_within_a_step(
         f"{url}/v1/trainings", data={"request": json.dumps(request)}, files=files, headers=auth(ALICE), timeout=30
     )
     assert retry.status_code == 202, retry.text
+
+
+def test_a_model_warmed_up_as_sdserve_worker_does_can_be_trained(models_cache: Path) -> None:
+    """`sdserve worker` warms its models (a generation in inference mode) before taking trainings: the warm-up
+    must leave the weights trainable, and the session must hand the pipeline back as it found it."""
+    from sdserve.registry import Registry, RegistryHolder
+    from worker.models.device import DeviceConfig
+    from worker.models.pipelines import PipelineCache
+    from worker.trainings.session import TrainingSession, defaults
+
+    cache = PipelineCache(
+        RegistryHolder(lambda: Registry.load(None, "tiny")),
+        DeviceConfig.from_settings(Settings(device="cpu", _env_file=None)),  # type: ignore[call-arg]
+        models_cache,
+    )
+    cache.warm("tiny")
+    pipe = cache.load("tiny").pipe
+    assert not any(p.is_inference() for p in pipe.unet.parameters())
+    examples = [(Image.open(io.BytesIO(png(i))).convert("RGB"), "a zwx thing") for i in range(2)]
+    hp = defaults("lora", "sd1")
+    from dataclasses import replace
+
+    session = TrainingSession(
+        pipe, "lora", examples, replace(hp, steps=2, batch_size=1, resolution=64, rank=2, alpha=2.0),
+        trigger_word="zwx",
+    )  # fmt: skip
+    try:
+        assert np.isfinite(session.step()["loss"])
+    finally:
+        session.close()

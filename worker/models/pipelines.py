@@ -242,11 +242,18 @@ class PipelineCache:
         """Names of the models resident now."""
         return list(self._loaded)
 
-    @torch.inference_mode()
     def warm(self, name: str) -> float:
         """Load a model and run one small generation through it; returns the seconds it took."""
         started = time.perf_counter()
-        loaded = self.load(name)
+        loaded = self.load(name)  # outside inference mode: its weights must stay trainable (a training's session)
+        with torch.inference_mode():
+            self._warm_passes(loaded)
+        seconds = time.perf_counter() - started
+        if "compile" in loaded.speed:
+            log.info("compiled %s for batch sizes %s in %.1fs", name, self.speed.compile_batch_sizes, seconds)
+        return seconds
+
+    def _warm_passes(self, loaded: LoadedModel) -> None:
         compiled = "compile" in loaded.speed
         # Compiled models warm at their native size, once per expected batch size (that compiles them);
         # eager ones only need one small pass.
@@ -269,7 +276,3 @@ class PipelineCache:
             ).images
             if compiled:
                 view.vae.decode(latents / view.vae.config.scaling_factor, return_dict=False)
-        seconds = time.perf_counter() - started
-        if compiled:
-            log.info("compiled %s for batch sizes %s at %dpx in %.1fs", name, batches, size, seconds)
-        return seconds
