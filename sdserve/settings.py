@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     training_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["demo"])
     """Models this worker also trains LoRAs and embeddings on (comma separated; empty: no trainings). A training
     holds the worker while it runs; image jobs of its queues go first when both wait."""
+    training_compile: Literal["auto", "off", "regional", "full", "full-cudagraphs"] = "auto"
+    """How trainings compile their step: auto is regional (the UNet's transformer blocks) on CUDA, eager elsewhere;
+    full compiles the whole UNet, full-cudagraphs adds CUDA graphs (docs/benchmarks.md measures each)."""
     training_timeout_seconds: int = Field(default=6 * 3600, ge=60)
     """Ceiling on one training run (a run resumed from a checkpoint after a lost worker gets it afresh)."""
     worker_name: str | None = None

@@ -18,7 +18,7 @@ from sdserve.trainings.requests import Method, TrainingRequest
 
 FAMILY_DEFAULTS: dict[tuple[Method, str], dict[str, Any]] = {
     ("lora", "sd1"): {"steps": 1000, "learning_rate": 1e-4, "warmup_steps": 50, "batch_size": 4, "rank": 8},
-    ("lora", "sdxl"): {"steps": 1000, "learning_rate": 1e-4, "warmup_steps": 50, "batch_size": 2, "rank": 8},
+    ("lora", "sdxl"): {"steps": 1000, "learning_rate": 1e-4, "warmup_steps": 50, "batch_size": 4, "rank": 8},
     # diffusers' textual_inversion.py: 5e-4 scaled by its batch (x4), so 2e-3 at batch 4
     ("textual_inversion", "sd1"): {"steps": 2000, "learning_rate": 2e-3, "warmup_steps": 100, "batch_size": 4},
     ("textual_inversion", "sdxl"): {"steps": 2000, "learning_rate": 2e-3, "warmup_steps": 100, "batch_size": 2},

@@ -28,6 +28,7 @@ from importlib import metadata
 from typing import Any, Literal
 
 import redis
+import torch
 from PIL import Image
 
 from sdserve.contract.problems import NotFound, UnusableInput
@@ -52,7 +53,7 @@ from worker.engine.kind import Claimed, QueueRef
 from worker.engine.progress import Reporter
 from worker.models.pipelines import PipelineCache
 from worker.trainings.adapters import register_adapter
-from worker.trainings.session import TrainingSession, hyperparameters_from
+from worker.trainings.session import TrainingSession, compile_options, family_of, hyperparameters_from
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,9 @@ class TrainingRunner:
         session = TrainingSession(
             loaded.pipe, request.method, examples, hyperparameters_from(request.hyperparameters),
             trigger_word=request.trigger_word, initializer_token=request.initializer_token,
+            compile_with=compile_options(
+                self.settings.training_compile, loaded.pipe.unet.device, family_of(loaded.pipe)
+            ),
         )  # fmt: skip
         try:
             started = time.perf_counter()
@@ -184,32 +188,23 @@ class TrainingRunner:
             facts.resumed_from_step = facts.checkpoint_step = step
             log.info("training %s resumes from the checkpoint of step %d", job.id, step)
             reporter.report(step, [{"step": step, "total": total, "resumed_from_step": step}], self._facts(facts))
-        pending: list[float] = []
         last_event = time.monotonic()
         own_checkpoints: list[str] = []
         validation = request.validation
+        pending: list[torch.Tensor] = []  # the losses since the last event, on the device: read once per event
         while step < total:
-            info = session.step()
-            step = int(info["step"])
-            pending.append(float(info["loss"]))
+            info = session.step_async()
+            step = info.step
+            pending.append(info.loss)
             elapsed = time.perf_counter() - started
-            facts.loss, facts.learning_rate = float(info["loss"]), float(info["lr"])
+            facts.learning_rate = info.lr
             facts.elapsed_seconds = round(elapsed, 2)
             done_here = step - (facts.resumed_from_step or 0)
             facts.steps_per_second = round(done_here / elapsed, 4) if elapsed > 0 else None
             event: dict[str, Any] | None = None
             if time.monotonic() - last_event >= LOG_EVERY_SECONDS or step == total:
-                point = LossPoint(step=step, loss=sum(pending) / len(pending), learning_rate=facts.learning_rate)
-                curve.append(point)
-                facts.curve = thin(curve)
-                pending.clear()
+                event = self._loss_event(step, total, pending, facts, curve)
                 last_event = time.monotonic()
-                event = {
-                    "step": step,
-                    "total": total,
-                    "loss": round(point.loss, 6),
-                    "learning_rate": point.learning_rate,
-                }
             if hp.checkpoint_every and step % hp.checkpoint_every == 0 and step < total:
                 key = check_key(f"{checkpoints_prefix(job.id)}/{job.attempt.number}-{step:06d}.pt")
                 self.store.put(key, session.state_dict(), "application/octet-stream")  # stored before it is named
@@ -227,6 +222,19 @@ class TrainingRunner:
                     self.store.delete(old)
                 del own_checkpoints[:-1]
         return facts, curve
+
+    @staticmethod
+    def _loss_event(
+        step: int, total: int, pending: list[torch.Tensor], facts: TrainingFacts, curve: list[LossPoint]
+    ) -> dict[str, Any]:
+        """The losses since the last event (read from the device now, once) as a point of the curve and an event."""
+        losses = torch.stack(pending).float().cpu()
+        pending.clear()
+        facts.loss = float(losses[-1])
+        point = LossPoint(step=step, loss=float(losses.mean()), learning_rate=facts.learning_rate)
+        curve.append(point)
+        facts.curve = thin(curve)
+        return {"step": step, "total": total, "loss": round(point.loss, 6), "learning_rate": point.learning_rate}
 
     def store_result(
         self,

@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 
 from worker.models.speed import is_fused
-from worker.trainings.loop import OptimizerConfig, StepHook, Trainer, diffusion_loss, run_loop
+from worker.trainings.loop import OptimizerConfig, Step, StepHook, Trainer, diffusion_loss, run_loop
 
 if TYPE_CHECKING:
     from sdserve.trainings.requests import Hyperparameters as RequestHyperparameters
@@ -56,6 +56,45 @@ TrainFamily = Literal["sd1", "sdxl"]
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 """The UNet attention projections a LoRA adapts."""
 CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How a session compiles its training forward (``torch.compile``; the backward follows through AOTAutograd).
+
+    ``scope``: ``regional`` compiles each of the UNet's repeated blocks (diffusers' ``_repeated_blocks``: its
+    transformer blocks) with ``fullgraph``, so one compilation serves every block of a shape and compile time stays
+    short; ``full`` compiles the whole UNet's forward. ``mode`` is torch.compile's (``reduce-overhead`` adds CUDA
+    graphs; ``max-autotune-no-cudagraphs``), ``backend`` its backend (``aot_eager`` traces without generating code:
+    the CPU tests' check that a compiled step works). Shapes are static (``dynamic=False``): a session's batch and
+    resolution do not change. Validation renders run the blocks uncompiled.
+    """
+
+    scope: Literal["regional", "full"] = "regional"
+    mode: str | None = None
+    backend: str = "inductor"
+
+
+def compile_options(setting: str, device: torch.device, family: str = "sd1") -> CompileOptions | None:
+    """What the worker's ``training_compile`` setting means on ``device`` for a model of ``family``: ``off``
+    (eager), ``regional``, ``full`` or ``full-cudagraphs`` (``reduce-overhead``).
+
+    ``auto`` is what docs/benchmarks.md measured best on the H200: ``full-cudagraphs`` for SD 1.x on CUDA (3.3x
+    the eager step, about two minutes of compile the first time), eager for SDXL (compiling its whole training
+    step took over six minutes there, more than a default training saves) and on every other device (inductor's
+    CPU code is no faster than eager for these convolutions and compiles for minutes on a small machine).
+    """
+    if setting == "auto":
+        setting = "full-cudagraphs" if device.type == "cuda" and family == "sd1" else "off"
+    if setting == "off":
+        return None
+    if setting == "regional":
+        return CompileOptions("regional")
+    if setting == "full":
+        return CompileOptions("full")
+    if setting == "full-cudagraphs":
+        return CompileOptions("full", mode="reduce-overhead")
+    raise ValueError(f"unknown training_compile setting {setting!r}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +133,7 @@ class Hyperparameters:
 _DEFAULTS: dict[tuple[str, str], Hyperparameters] = {
     # diffusers' train_text_to_image_lora / train_dreambooth_lora: rank 4-16, lr 1e-4, max_grad_norm 1.
     ("lora", "sd1"): Hyperparameters(steps=1000, learning_rate=1e-4, rank=8, alpha=8.0, batch_size=4, resolution=512),
-    ("lora", "sdxl"): Hyperparameters(steps=1000, learning_rate=1e-4, rank=8, alpha=8.0, batch_size=2, resolution=1024),
+    ("lora", "sdxl"): Hyperparameters(steps=1000, learning_rate=1e-4, rank=8, alpha=8.0, batch_size=4, resolution=1024),
     # diffusers' textual_inversion: 5e-4 (scaled by the batch there), a few thousand steps, constant.
     ("textual_inversion", "sd1"): Hyperparameters(
         steps=2000, learning_rate=2e-3, warmup_steps=100, batch_size=4, resolution=512, rank=0, alpha=0.0
@@ -216,6 +255,7 @@ class TrainingSession:
         trigger_word: str,
         initializer_token: str | None = None,
         adapter_name: str | None = None,
+        compile_with: CompileOptions | None = None,
     ) -> None:
         if method not in ("lora", "textual_inversion"):
             raise ValueError(f"unknown training method {method!r}")
@@ -250,6 +290,9 @@ class TrainingSession:
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
         self.vector: torch.nn.Parameter | None = None
+        self._forward: Any = None  # the UNet as the loss calls it (compiled or not); set below
+        self._regions: list[torch.nn.Module] = []
+        self._cudagraphs = compile_with is not None and compile_with.mode == "reduce-overhead"
         try:
             for module in (self.unet, self.vae, *self.text_encoders):
                 module.requires_grad_(False)
@@ -273,6 +316,7 @@ class TrainingSession:
                 hyperparameters.steps,
                 grad_scaler=self.autocast is torch.float16,
             )
+            self._forward = self._compiled(compile_with) if compile_with is not None else self.unet
         except BaseException:
             self.close()
             raise
@@ -439,6 +483,27 @@ class TrainingSession:
         self._undo.append(handle.remove)
         return self.vector
 
+    def _compiled(self, options: CompileOptions) -> Any:
+        """The UNet's forward as the loss calls it, compiled as ``options`` say (after the adapter is added)."""
+        kwargs: dict[str, Any] = {"dynamic": False, "backend": options.backend}
+        if options.mode is not None:
+            kwargs["mode"] = options.mode
+        if options.scope == "full":
+            return torch.compile(self.unet, **kwargs)
+        names = set(getattr(self.unet, "_repeated_blocks", None) or ())
+        self._regions = [m for m in self.unet.modules() if type(m).__name__ in names]
+        if not self._regions:
+            raise ValueError(f"{type(self.unet).__name__} names no repeated blocks to compile regionally")
+        for region in self._regions:
+            region.compile(fullgraph=True, **kwargs)
+
+        def uncompile() -> None:
+            for region in self._regions:
+                region._compiled_call_impl = None
+
+        self._undo.append(uncompile)
+        return self.unet
+
     # training --------------------------------------------------------------------------------------------
     def _next_indices(self) -> list[int]:
         out: list[int] = []
@@ -477,6 +542,8 @@ class TrainingSession:
         return torch.stack(latents), indices, time_ids
 
     def _loss(self) -> torch.Tensor:
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]  # a new step: the graphs' last outputs may be reused
         latents, indices, time_ids = self._batch()
         added: dict[str, torch.Tensor] | None = None
         if self.method == "lora":
@@ -495,7 +562,7 @@ class TrainingSession:
             with _autocast(self.device, self.autocast):
                 context = text_encoder(ids, attention_mask=mask)[0]
         loss, _ = diffusion_loss(
-            self.unet, latents, context, self.alphas_cumprod, min_snr_gamma=self.hp.min_snr_gamma,
+            self._forward, latents, context, self.alphas_cumprod, min_snr_gamma=self.hp.min_snr_gamma,
             noise_offset=self.hp.noise_offset, prediction_type=self.prediction_type, generator=self.generator,
             added_cond_kwargs=added, autocast_dtype=self.autocast,
         )  # fmt: skip
@@ -507,10 +574,14 @@ class TrainingSession:
         return self.trainer.step
 
     def step(self) -> dict[str, float]:
-        """One optimisation step: ``{"step": n, "loss": ..., "lr": ...}`` (the loss waits for the device)."""
-        self._check_open()
-        info = self.trainer.train_step(self._loss)
+        """One optimisation step: ``{"step": n, "loss": ..., "lr": ...}`` (reading the loss waits for the device)."""
+        info = self.step_async()
         return {"step": info.step, "loss": float(info.loss), "lr": info.lr}
+
+    def step_async(self) -> Step:
+        """One optimisation step, its loss left on the device (queued work runs on while the caller goes on)."""
+        self._check_open()
+        return self.trainer.train_step(self._loss)
 
     def run(self, hooks: Sequence[StepHook] = (), should_stop: Callable[[int], bool] | None = None) -> int:
         """Train until ``steps`` (or ``should_stop``), calling the hooks after every step; returns the step."""
@@ -600,6 +671,16 @@ class TrainingSession:
         self._check_open()
         for module in (self.unet, *self.text_encoders):
             module.eval()
+        compiled = [(region, region._compiled_call_impl) for region in self._regions]
+        for region, _ in compiled:
+            region._compiled_call_impl = None  # drawn eagerly: no compilation for inference shapes
+        try:
+            return self._draw(prompts, seed, steps, guidance, size)
+        finally:
+            for region, impl in compiled:
+                region._compiled_call_impl = impl
+
+    def _draw(self, prompts: Sequence[str], seed: int, steps: int, guidance: float, size: int) -> list[Image.Image]:
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
         out = self._view()(
             list(prompts), num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
