@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from train.dataset import ALL_COLOURS, COLOURS, POSITIONS
+from train.dataset import ALL_COLOURS, COLOURS, POSITIONS, Scene
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _NAMES = list(COLOURS)
@@ -156,3 +156,24 @@ def shape_kind(image: np.ndarray) -> str | None:
 def has_heart(image: np.ndarray) -> bool:
     """Whether the main shape is a heart (``shape_kind``)."""
     return shape_kind(image) == "heart"
+
+
+ATTRIBUTES = ("background", "colour", "kind", "position")
+"""What ``adherence`` reads back of a one-shape scene."""
+
+
+def adherence(images: list[np.ndarray], scenes: list[Scene]) -> dict[str, float]:
+    """The fraction of images whose background, shape colour, shape kind and position (``read``, ``shape_kind``)
+    are their one-shape scene's, per attribute, and their mean as ``overall``."""
+    if len(images) != len(scenes) or not scenes:
+        raise ValueError("one image per scene, at least one")
+    hits = dict.fromkeys(ATTRIBUTES, 0)
+    for image, scene in zip(images, scenes, strict=True):
+        reading, shape = read(image), scene.shapes[0]
+        hits["background"] += reading.background == scene.background
+        hits["colour"] += reading.colour == shape.colour
+        hits["kind"] += shape_kind(image) == shape.kind
+        hits["position"] += reading.position == shape.position
+    out = {name: count / len(scenes) for name, count in hits.items()}
+    out["overall"] = sum(out.values()) / len(ATTRIBUTES)
+    return out
